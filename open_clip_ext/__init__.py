@@ -1,0 +1,1 @@
+"""open_clip_ext: long-caption CLIP text towers (RoPE, CoPE) for open_clip."""
