@@ -1,0 +1,147 @@
+"""Reading checkpoints safely and converting them onto a relative-position CLIP.
+
+Accepted sources (DESIGN.md section 3):
+- stock open_clip / OpenAI CLIP weights (77 learned positions, flat or ``text.``-prefixed keys): every tensor is
+  taken except ``positional_embedding``; CoPE-only tensors keep their fresh initialisation;
+- TULIP's released checkpoints: a stock-layout state_dict under ``state_dict`` with ``module.`` prefixes and an
+  unused ``positional_embedding``;
+- this project's own checkpoints: full model, or text tower only (``text.*`` keys), optionally with the
+  ``model_cfg`` they were trained with, whose position settings must match the model being loaded.
+Only ``torch.load(weights_only=True)`` and safetensors are used: nothing is ever unpickled.
+"""
+import json
+import logging
+import pickle
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from open_clip.model import convert_to_custom_text_state_dict
+
+from .configs import POSITION_DEFAULTS
+
+# Tensors stock checkpoints carry that a relative-position model has no use for.
+_UNUSED_KEYS = ("text.positional_embedding", "text.attn_mask", "attn_mask",
+                "input_resolution", "context_length", "vocab_size")
+_MAX_LISTED = 12
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file and keys."""
+
+
+def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """(state_dict, metadata) from a .pt/.pth/.bin (weights_only) or .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = dict(f.metadata() or {})
+        if "model_cfg" in metadata:
+            metadata["model_cfg"] = json.loads(metadata["model_cfg"])
+        return state_dict, metadata
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refusing to load a checkpoint that needs arbitrary unpickling (weights_only=True "
+            f"failed: {first_line}). Re-save it as a plain state_dict or safetensors.") from None
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        # Keep small facts (name, epoch, model_cfg); optimizer and scaler states are the trainer's business.
+        metadata = {k: v for k, v in checkpoint.items()
+                    if k == "model_cfg" or (k != "state_dict" and not isinstance(v, dict))}
+        return checkpoint["state_dict"], metadata
+    if isinstance(checkpoint, dict) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        return checkpoint, {}
+    raise CheckpointError(f"{path}: holds no state_dict (found {type(checkpoint).__name__} with keys "
+                          f"{list(checkpoint)[:8] if isinstance(checkpoint, dict) else '-'})")
+
+
+def _strip_module_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+
+def to_custom_text_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Flat stock-CLIP text keys (``token_embedding.weight``...) -> ``text.``-prefixed CustomTextCLIP keys."""
+    state_dict = _strip_module_prefix(state_dict)
+    if "token_embedding.weight" in state_dict or "text_projection" in state_dict:
+        state_dict = convert_to_custom_text_state_dict(state_dict)
+    return state_dict
+
+
+def _listing(items: List[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f" ... (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def check_position_config(text_tower, metadata: dict, path) -> None:
+    """Refuse a checkpoint trained with other position settings than the model (e.g. another NTK theta)."""
+    text_cfg = (metadata.get("model_cfg") or {}).get("text_cfg") or {}
+    saved_type = text_cfg.get("pos_embed_type")
+    if saved_type is None:
+        return
+    model_cfg = text_tower.position_config
+    if saved_type != model_cfg["pos_embed_type"]:
+        raise CheckpointError(f"{path}: trained with pos_embed_type={saved_type!r}, model uses "
+                              f"{model_cfg['pos_embed_type']!r}")
+    saved = {**POSITION_DEFAULTS[saved_type], **{k: v for k, v in text_cfg.items() if k in model_cfg}}
+    differing = [f"{k}: checkpoint {saved[k]!r} vs model {model_cfg[k]!r}"
+                 for k in POSITION_DEFAULTS[saved_type] if saved.get(k) != model_cfg.get(k)]
+    if differing:
+        raise CheckpointError(f"{path}: position settings differ from the model config ({'; '.join(differing)}); "
+                              f"create the model with the config it was trained with")
+
+
+def convert_state_dict(model, state_dict: Dict[str, torch.Tensor], path="<state_dict>") -> Dict[str, torch.Tensor]:
+    """Map a checkpoint onto ``model``'s keys; raise CheckpointError naming every misfit key and shape."""
+    state_dict = to_custom_text_layout(state_dict)
+    dropped = [k for k in _UNUSED_KEYS if state_dict.pop(k, None) is not None]
+    target = model.state_dict()
+    unexpected = sorted(k for k in state_dict if k not in target)
+    mismatched = sorted(f"{k} {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
+                        for k in state_dict if k in target and state_dict[k].shape != target[k].shape
+                        and not _is_scalar_reshape(state_dict[k], target[k]))
+    fresh = {f"text.{k}" for k in model.text.fresh_init_keys()}
+    text_only = not any(k.startswith("visual.") for k in state_dict)
+    missing = [k for k in target if k not in state_dict]
+    tolerated = [k for k in missing if k in fresh or (text_only and not k.startswith("text."))]
+    missing = sorted(set(missing) - set(tolerated))
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_listing(mismatched)}")
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if problems:
+        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
+    converted = {k: v.reshape(target[k].shape) for k, v in state_dict.items()}
+    for key in tolerated:
+        converted[key] = target[key]
+    fresh_taken = sorted(set(tolerated) & fresh)
+    if fresh_taken:
+        logging.info(f"{path}: {len(fresh_taken)} position tensors freshly initialised (not in checkpoint)")
+    if text_only:
+        logging.warning(f"{path}: text-tower-only checkpoint; image tower and logit scale keep their current values")
+    if dropped:
+        logging.info(f"{path}: ignored {dropped} (unused by relative-position text towers)")
+    return converted
+
+
+def _is_scalar_reshape(saved: torch.Tensor, wanted: torch.Tensor) -> bool:
+    # logit_scale is a scalar in some checkpoints and a 1-element vector in others.
+    return saved.numel() == wanted.numel() == 1
+
+
+def load_checkpoint_into(model, path, strict: bool = True):
+    """open_clip's ``load_checkpoint`` for models with a relative-position text tower."""
+    state_dict, metadata = read_checkpoint(path)
+    check_position_config(model.text, metadata, path)
+    converted = convert_state_dict(model, state_dict, path)
+    return model.load_state_dict(converted, strict=strict)

@@ -1,0 +1,119 @@
+"""Model configs: the JSONs shipped in model_configs/ and the derivation of a variant from any stock config.
+
+A relative-position variant is the stock config with three changes: ``custom_text: true`` (the tower has no
+``positional_embedding`` for ``CLIP.__init__`` to copy), ``text_cfg.pos_embed_type`` in {"rope", "cope"} and the
+new ``text_cfg.context_length``. Everything else (widths, activation, vision tower) stays the base's, which is
+what lets the base's pretrained weights initialise the variant.
+"""
+import difflib
+import re
+from copy import deepcopy
+from pathlib import Path
+from typing import Optional
+
+import open_clip
+
+from . import patches
+
+POSITION_TYPES = ("rope", "cope")
+# Text-config keys this package adds to open_clip's CLIPTextCfg, with their defaults.
+POSITION_DEFAULTS = {
+    "rope": {"rope_theta": 10000.0, "rope_ntk_factor": None, "rope_ntk_trained_length": 77},
+    "cope": {"cope_qk_norm": True, "cope_scale": "tulip"},
+}
+EXT_TEXT_KEYS = {"pos_embed_type"} | {k for d in POSITION_DEFAULTS.values() for k in d}
+_VARIANT_NAME = re.compile(r"^(?P<base>.+)-(?P<position>rope|cope)-(?P<context>\d+)$")
+# Stock text-tower options that a relative-position tower does not reproduce.
+_UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "no_causal_mask": False, "cls_emb": None}
+
+
+def shipped_config_dir() -> Path:
+    """model_configs/ as installed (package data) or, when running from a checkout, at the repository root."""
+    try:
+        from importlib.resources import files
+        installed = Path(str(files("open_clip_ext.model_configs")))
+        if installed.is_dir() and any(installed.glob("*.json")):
+            return installed
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "model_configs"
+
+
+def is_relpos_text_cfg(text_cfg) -> bool:
+    return isinstance(text_cfg, dict) and text_cfg.get("pos_embed_type") in POSITION_TYPES
+
+
+def unknown_model_error(name: str) -> RuntimeError:
+    close = difflib.get_close_matches(name, open_clip.list_models(), n=8, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    return RuntimeError(f"Unknown model config '{name}'.{hint} (open_clip.list_models() lists all; "
+                        f"open_clip_ext.register_variant(base, 'rope', N) derives new ones.)")
+
+
+def base_config(base) -> dict:
+    if isinstance(base, dict):
+        return deepcopy(base)
+    cfg = open_clip.get_model_config(base)
+    if cfg is None:
+        raise unknown_model_error(base)
+    return cfg
+
+
+def derive_config(base, position: str = "rope", context_length: int = 248, **position_options) -> dict:
+    """The config of ``base`` (a registered name or a config dict) with a RoPE/CoPE text tower."""
+    if position not in POSITION_TYPES:
+        raise ValueError(f"position must be one of {POSITION_TYPES}, got {position!r}")
+    unknown = set(position_options) - set(POSITION_DEFAULTS[position])
+    if unknown:
+        raise ValueError(f"unknown {position} option(s) {sorted(unknown)}; valid: {sorted(POSITION_DEFAULTS[position])}")
+    cfg = base_config(base)
+    text_cfg = cfg["text_cfg"]
+    for key, stock_value in _UNSUPPORTED_TEXT.items():
+        if text_cfg.get(key, stock_value) != stock_value:
+            raise ValueError(f"base config has text_cfg.{key}={text_cfg[key]!r}: only standard CLIP text towers "
+                             f"can take relative positions")
+    if text_cfg.get("pool_type", "argmax") not in ("argmax", "eos", "last"):
+        raise ValueError(f"base text pool_type {text_cfg['pool_type']!r} is not supported")
+    if context_length < 2:
+        raise ValueError(f"context_length must be at least 2, got {context_length}")
+    cfg["custom_text"] = True
+    text_cfg["context_length"] = int(context_length)
+    text_cfg["pos_embed_type"] = position
+    text_cfg.update({**POSITION_DEFAULTS[position], **position_options})
+    return cfg
+
+
+def variant_name(base_name: str, position: str, context_length: int) -> str:
+    return f"{base_name}-{position}-{context_length}"
+
+
+def split_variant_name(name: str):
+    """'ViT-L-14-rope-248' -> ('ViT-L-14', 'rope', 248); None for a name that is not a variant."""
+    match = _VARIANT_NAME.match(name)
+    if not match:
+        return None
+    return match["base"], match["position"], int(match["context"])
+
+
+def register_variant(base_name: str, position: str = "rope", context_length: int = 248,
+                     name: Optional[str] = None, **position_options) -> str:
+    """Derive and register a variant of a stock config; its pretrained tags are the base's.
+
+    >>> name = register_variant('ViT-B-16', 'rope', 512)   # 'ViT-B-16-rope-512'
+    >>> model = open_clip.create_model(name, pretrained='openai')
+    """
+    cfg = derive_config(base_name, position, context_length, **position_options)
+    name = name or variant_name(base_name, position, context_length)
+    patches.register_model_config(name, cfg)
+    patches.alias_pretrained_tags(name, base_name)
+    return name
+
+
+def register_shipped_configs() -> None:
+    """Register model_configs/*.json and give each `<base>-<rope|cope>-<N>` its base's pretrained tags."""
+    config_dir = shipped_config_dir()
+    open_clip.add_model_config(config_dir)
+    for path in sorted(config_dir.glob("*.json")):
+        parsed = split_variant_name(path.stem)
+        if parsed:
+            patches.alias_pretrained_tags(path.stem, parsed[0])

@@ -1,0 +1,61 @@
+"""Building a text tower from a config dict: the hook open_clip's model constructors call."""
+from functools import partial
+from typing import Optional
+
+import torch
+from torch import nn
+from open_clip.model import CLIPTextCfg
+from open_clip.transformer import LayerNorm, LayerNormFp32, QuickGELU
+
+from .configs import EXT_TEXT_KEYS
+from .text_tower import RelPosTextTransformer
+
+# Stock keys the relative-position tower honours; any other non-default stock key is refused, not ignored.
+_HONOURED = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
+             "pool_type", "eos_id", "proj_bias", "output_tokens", "act_kwargs", "norm_kwargs", "pad_id",
+             "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs", "proj_type"}
+
+
+def _stock_text_cfg(text_cfg: dict) -> CLIPTextCfg:
+    stock = CLIPTextCfg(**{k: v for k, v in text_cfg.items() if k not in EXT_TEXT_KEYS})
+    defaults = CLIPTextCfg()
+    ignored = [k for k in text_cfg if k not in EXT_TEXT_KEYS and k not in _HONOURED
+               and getattr(stock, k) != getattr(defaults, k)]
+    if ignored:
+        raise ValueError(f"text_cfg options {ignored} are not supported by the relative-position text tower")
+    return stock
+
+
+def build_relpos_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = False,
+                            cast_dtype: Optional[torch.dtype] = None) -> RelPosTextTransformer:
+    stock = _stock_text_cfg(text_cfg)
+    act_layer = QuickGELU if quick_gelu else nn.GELU
+    if stock.act_kwargs:
+        act_layer = partial(act_layer, **stock.act_kwargs)
+    norm_layer = LayerNormFp32 if cast_dtype in (torch.float16, torch.bfloat16) else LayerNorm
+    if stock.norm_kwargs:
+        norm_layer = partial(norm_layer, **stock.norm_kwargs)
+    position = text_cfg["pos_embed_type"]
+    options = {k: text_cfg[k] for k in EXT_TEXT_KEYS - {"pos_embed_type"} if k in text_cfg}
+    if position == "rope":
+        options = {k: v for k, v in options.items() if k.startswith("rope_")}
+    else:
+        options = {k: v for k, v in options.items() if k.startswith("cope_")}
+    return RelPosTextTransformer(
+        context_length=stock.context_length,
+        vocab_size=stock.vocab_size,
+        width=stock.width,
+        heads=stock.heads,
+        layers=stock.layers,
+        mlp_ratio=stock.mlp_ratio,
+        ls_init_value=stock.ls_init_value,
+        output_dim=None if stock.proj_type == "none" else embed_dim,
+        position=position,
+        pool_type=stock.pool_type,
+        eos_id=text_cfg.get("eos_id", 49407),
+        proj_bias=stock.proj_bias,
+        output_tokens=stock.output_tokens,
+        act_layer=act_layer,
+        norm_layer=norm_layer,
+        **options,
+    )

@@ -1,0 +1,125 @@
+"""Every change this package makes to open_clip's internals, in one place, checked at import.
+
+open_clip has no plugin API for text towers or checkpoint converters, so four module-level names are wrapped
+(each wrapper hands anything that is not ours to the original unchanged), and two registries are extended:
+
+- ``open_clip.model._build_text_tower``: builds a RoPE/CoPE tower for ``text_cfg.pos_embed_type``;
+- ``open_clip.factory.load_checkpoint``: converts stock / TULIP / own checkpoints onto our models;
+- ``open_clip.factory.create_model`` (and ``open_clip.create_model``): forces CustomTextCLIP for our configs,
+  takes the activation from the pretrained tag (QuickGELU for OpenAI weights), names close matches for an
+  unknown model;
+- ``open_clip.factory._MODEL_CONFIGS`` and ``open_clip.pretrained._PRETRAINED``: derived configs and their
+  base's pretrained tags.
+The open_clip range these were tested against is pinned in setup.cfg.
+"""
+import logging
+from copy import deepcopy
+
+import open_clip
+import open_clip.factory
+import open_clip.model
+import open_clip.pretrained
+import open_clip.transformer
+
+TESTED_OPEN_CLIP = ((3, 3), (3, 4))  # [3.3, 3.4)
+_REQUIRED = (
+    (open_clip.model, "_build_text_tower"),
+    (open_clip.model, "CustomTextCLIP"),
+    (open_clip.model, "convert_to_custom_text_state_dict"),
+    (open_clip.factory, "load_checkpoint"),
+    (open_clip.factory, "create_model"),
+    (open_clip.factory, "get_model_config"),
+    (open_clip.factory, "parse_model_name"),
+    (open_clip.factory, "get_pretrained_cfg"),
+    (open_clip.factory, "_MODEL_CONFIGS"),
+    (open_clip.pretrained, "_PRETRAINED"),
+    (open_clip.transformer, "text_global_pool"),
+    (open_clip.transformer, "lock_text_tower"),
+    (open_clip, "create_model"),
+)
+_originals = {}
+
+
+def open_clip_version() -> str:
+    return getattr(open_clip, "__version__", "unknown")
+
+
+def check_open_clip() -> None:
+    """Fail loudly, naming the open_clip version, if an internal this package patches has gone."""
+    missing = [f"{module.__name__}.{name}" for module, name in _REQUIRED if not hasattr(module, name)]
+    if missing:
+        raise ImportError(
+            f"open_clip_ext cannot patch open_clip {open_clip_version()}: {', '.join(missing)} no longer "
+            f"exist(s). open_clip_ext was tested with open_clip_torch >=3.3,<3.4; install that range.")
+    try:
+        major_minor = tuple(int(p) for p in open_clip_version().split(".")[:2])
+    except ValueError:
+        return
+    low, high = TESTED_OPEN_CLIP
+    if not low <= major_minor < high:
+        logging.warning(f"open_clip_ext was tested with open_clip_torch >=3.3,<3.4, found {open_clip_version()}")
+
+
+def _is_ours(model) -> bool:
+    from .text_tower import RelPosTextTransformer
+    return isinstance(getattr(model, "text", None), RelPosTextTransformer)
+
+
+def _build_text_tower(embed_dim, text_cfg, quick_gelu=False, cast_dtype=None):
+    from .configs import is_relpos_text_cfg
+    from .factory import build_relpos_text_tower
+    if is_relpos_text_cfg(text_cfg):
+        return build_relpos_text_tower(embed_dim, text_cfg, quick_gelu, cast_dtype)
+    return _originals["_build_text_tower"](embed_dim, text_cfg, quick_gelu, cast_dtype)
+
+
+def _load_checkpoint(model, checkpoint_path, strict=True, weights_only=True, device="cpu"):
+    if _is_ours(model):
+        from .checkpoints import load_checkpoint_into
+        return load_checkpoint_into(model, checkpoint_path, strict=strict)
+    return _originals["load_checkpoint"](model, checkpoint_path, strict=strict, weights_only=weights_only,
+                                         device=device)
+
+
+def _create_model(model_name, pretrained=None, **kwargs):
+    from .configs import is_relpos_text_cfg, unknown_model_error
+    schema, identifier = open_clip.factory.parse_model_name(model_name)
+    if schema is None:
+        name = identifier.replace("/", "-")
+        cfg = open_clip.factory.get_model_config(name)
+        if cfg is None:
+            raise unknown_model_error(name)
+        if is_relpos_text_cfg(cfg.get("text_cfg")):
+            kwargs.setdefault("force_custom_text", True)
+            tag_cfg = open_clip.factory.get_pretrained_cfg(name, pretrained) if pretrained else {}
+            if tag_cfg.get("quick_gelu") and not cfg.get("quick_gelu") and not kwargs.get("force_quick_gelu"):
+                # A student initialised from a teacher must compute with the teacher's activation.
+                logging.info(f"{name}: pretrained '{pretrained}' was trained with QuickGELU; using QuickGELU")
+                kwargs["force_quick_gelu"] = True
+    return _originals["create_model"](model_name, pretrained, **kwargs)
+
+
+def register_model_config(name: str, cfg: dict) -> None:
+    """Add a config dict under ``name`` (open_clip's registry; a later rescan keeps it)."""
+    open_clip.factory._MODEL_CONFIGS[name] = deepcopy(cfg)
+
+
+def alias_pretrained_tags(name: str, base_name: str) -> None:
+    """Let ``create_model(name, pretrained=<tag of base>)`` find the base's weights."""
+    tags = open_clip.pretrained._PRETRAINED.get(base_name)
+    if tags and name not in open_clip.pretrained._PRETRAINED:
+        open_clip.pretrained._PRETRAINED[name] = tags
+
+
+def apply() -> None:
+    """Install the wrappers once (importing open_clip_ext twice, or reloading it, does not stack them)."""
+    if _originals:
+        return
+    check_open_clip()
+    _originals["_build_text_tower"] = open_clip.model._build_text_tower
+    _originals["load_checkpoint"] = open_clip.factory.load_checkpoint
+    _originals["create_model"] = open_clip.factory.create_model
+    open_clip.model._build_text_tower = _build_text_tower
+    open_clip.factory.load_checkpoint = _load_checkpoint
+    open_clip.factory.create_model = _create_model
+    open_clip.create_model = _create_model

@@ -1,0 +1,59 @@
+"""Rotary position embedding (RoPE) in the interleaved-pair convention TULIP's weights were trained with.
+
+Channel pairs (2i, 2i+1) of a head are one complex number rotated by angle ``position * theta**(-2i/d)``
+(the LLaMA convention), not the "rotate_half" convention that pairs channel i with i + d/2. The two give
+different embeddings for the same weights, so the convention is part of the checkpoint format.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+def dynamic_ntk_theta(theta: float, head_dim: int, scaling_factor: float, trained_length: int,
+                      context_length: int) -> float:
+    """TULIP's stage-2 "dynamic NTK" base: theta * ((s * new / old) - (s - 1)) ** (d / (d - 2))."""
+    growth = scaling_factor * context_length / trained_length - (scaling_factor - 1)
+    return theta * growth ** (head_dim / (head_dim - 2))
+
+
+def rope_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """Angular frequency of each channel pair: theta ** (-2i / d), i = 0 .. d/2 - 1 (float64 for exact tables)."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+    return 1.0 / (theta ** exponents)
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables for positions 0..max_positions-1, applied to q and k.
+
+    The tables are non-persistent buffers: they are a pure function of (head_dim, theta, length), so they are
+    rebuilt on load instead of stored, and a model built with a longer context simply has longer tables.
+    """
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0):
+        super().__init__()
+        self.head_dim = head_dim
+        self.max_positions = max_positions
+        self.theta = float(theta)
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), rope_frequencies(head_dim, theta))
+        # Each pair's angle is repeated for its two channels so rotation is elementwise on (..., L, d).
+        self.register_buffer("cos", angles.cos().repeat_interleave(2, dim=-1).float(), persistent=False)
+        self.register_buffer("sin", angles.sin().repeat_interleave(2, dim=-1).float(), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, max_positions={self.max_positions}, theta={self.theta:g}"
+
+    def forward(self, x: torch.Tensor, seq_len: Optional[int] = None) -> torch.Tensor:
+        """Rotate x of shape (..., L, head_dim): x * cos + pair_swap(x) * sin, pair_swap(a, b) = (-b, a)."""
+        seq_len = x.shape[-2] if seq_len is None else seq_len
+        if seq_len > self.max_positions:
+            raise ValueError(
+                f"sequence of {seq_len} tokens is longer than the {self.max_positions} rotary positions this "
+                f"model was built with; create it with force_context_length={seq_len} (or larger)")
+        # Rotate in float32 and cast back, as TULIP does, so bf16 runs see the same rotation.
+        x32 = x.float()
+        pairs = x32.unflatten(-1, (-1, 2))
+        swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        return (x32 * self.cos[:seq_len] + swapped * self.sin[:seq_len]).to(x.dtype)

@@ -1,0 +1,202 @@
+"""The CLIP text tower with relative positions: stock CLIP minus the absolute positional embedding.
+
+Token embedding -> N relative-position blocks (causal) -> ln_final -> pool at EOT -> text_projection.
+Causal attention plus EOT pooling make everything after the EOT token irrelevant, so a 77-token batch fed to a
+248-token model gives the same features as the same captions padded to 248.
+"""
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from open_clip.transformer import lock_text_tower, text_global_pool
+from open_clip.utils import feature_take_indices
+
+from .attention import RelPosResidualBlock
+from .rope import RotaryEmbedding, dynamic_ntk_theta
+
+
+class RelPosTransformer(nn.Module):
+    """The stack of blocks; owns the rotary tables shared by every layer (RoPE) and gradient checkpointing."""
+
+    def __init__(self, width: int, layers: int, heads: int, position: str, context_length: int,
+                 rope_theta: float, mlp_ratio: float, ls_init_value: Optional[float], act_layer: Callable,
+                 norm_layer: Callable, cope_qk_norm: bool, cope_scale: str):
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.grad_checkpointing = False
+        self.resblocks = nn.ModuleList([
+            RelPosResidualBlock(width, heads, position, context_length, mlp_ratio, ls_init_value, act_layer,
+                                norm_layer, cope_qk_norm, cope_scale)
+            for _ in range(layers)
+        ])
+        self.rotary = RotaryEmbedding(width // heads, context_length, rope_theta) if position == "rope" else None
+
+    def get_cast_dtype(self) -> torch.dtype:
+        return self.resblocks[0].mlp.c_fc.weight.dtype
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, self.rotary, use_reentrant=False)
+        return block(x, self.rotary)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.resblocks:
+            x = self._run_block(block, x)
+        return x
+
+
+class RelPosTextTransformer(nn.Module):
+    """Drop-in replacement for ``open_clip.transformer.TextTransformer`` with RoPE or CoPE positions."""
+
+    def __init__(
+            self,
+            context_length: int = 248,
+            vocab_size: int = 49408,
+            width: int = 512,
+            heads: int = 8,
+            layers: int = 12,
+            mlp_ratio: float = 4.0,
+            ls_init_value: Optional[float] = None,
+            output_dim: Optional[int] = 512,
+            position: str = "rope",
+            rope_theta: float = 10000.0,
+            rope_ntk_factor: Optional[float] = None,
+            rope_ntk_trained_length: int = 77,
+            cope_qk_norm: bool = True,
+            cope_scale: str = "tulip",
+            pool_type: str = "argmax",
+            eos_id: int = 49407,
+            proj_bias: bool = False,
+            output_tokens: bool = False,
+            act_layer: Callable = nn.GELU,
+            norm_layer: Callable = nn.LayerNorm,
+    ):
+        super().__init__()
+        if pool_type not in ("argmax", "eos", "last"):
+            raise ValueError(f"pool_type {pool_type!r} is not supported by the relative-position text tower")
+        self.output_tokens = output_tokens
+        self.context_length = self.num_pos = context_length
+        self.vocab_size = vocab_size
+        self.width = width
+        self.heads = heads
+        self.output_dim = output_dim
+        self.position = position
+        self.pool_type = pool_type
+        self.eos_id = eos_id
+        head_dim = width // heads
+        # The settings that change embeddings: checked against a checkpoint's saved config on load.
+        if position == "rope":
+            self.position_config = {"pos_embed_type": position, "rope_theta": float(rope_theta),
+                                    "rope_ntk_factor": rope_ntk_factor,
+                                    "rope_ntk_trained_length": rope_ntk_trained_length}
+        else:
+            self.position_config = {"pos_embed_type": position, "cope_qk_norm": cope_qk_norm,
+                                    "cope_scale": cope_scale}
+        if position == "rope" and rope_ntk_factor:
+            rope_theta = dynamic_ntk_theta(rope_theta, head_dim, rope_ntk_factor, rope_ntk_trained_length,
+                                           context_length)
+        self.rope_theta = rope_theta if position == "rope" else None
+
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.transformer = RelPosTransformer(width, layers, heads, position, context_length, rope_theta, mlp_ratio,
+                                             ls_init_value, act_layer, norm_layer, cope_qk_norm, cope_scale)
+        self.ln_final = norm_layer(width)
+        if not output_dim:
+            self.text_projection = None
+        elif proj_bias:
+            self.text_projection = nn.Linear(width, output_dim)
+        else:
+            self.text_projection = nn.Parameter(torch.empty(width, output_dim))
+        self.init_parameters()
+
+    def init_parameters(self):
+        """CLIP's text-tower initialisation (GPT-2 style residual scaling); CoPE tables stay at zero."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        attn_std = self.width ** -0.5
+        proj_std = attn_std * (2 * self.transformer.layers) ** -0.5
+        fc_std = (2 * self.width) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.zeros_(block.attn.in_proj_bias)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        if isinstance(self.text_projection, nn.Linear):
+            nn.init.normal_(self.text_projection.weight, std=attn_std)
+            nn.init.zeros_(self.text_projection.bias)
+        elif self.text_projection is not None:
+            nn.init.normal_(self.text_projection, std=attn_std)
+
+    def fresh_init_keys(self) -> List[str]:
+        """Parameters a stock 77-token CLIP checkpoint does not have (freshly initialised on conversion)."""
+        return [name for name, _ in self.named_parameters() if ".cope." in name or ".q_ln." in name
+                or ".k_ln." in name]
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.transformer.grad_checkpointing = enable
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True):
+        """Freeze the tower except the last ``unlocked_layers`` groups (open_clip's LiT-style locking)."""
+        if not freeze_layer_norm:
+            raise ValueError("unfreezing LayerNorm separately is not supported (as in open_clip)")
+        lock_text_tower(self, unlocked_layers)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return set()
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.text_projection is None:
+            return pooled
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(pooled)
+        return pooled @ self.text_projection.to(pooled.dtype)
+
+    def _pool(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return text_global_pool(x, text, pool_type=self.pool_type, eos_token_id=self.eos_id)
+
+    def _embed(self, text: torch.Tensor) -> torch.Tensor:
+        if text.shape[-1] > self.context_length:
+            raise ValueError(
+                f"got {text.shape[-1]} tokens but this text tower was built for {self.context_length}; "
+                f"tokenize with context_length={self.context_length} or create the model with a larger "
+                f"force_context_length")
+        return self.token_embedding(text).to(self.transformer.get_cast_dtype())
+
+    def forward(self, text: torch.Tensor):
+        tokens = self.ln_final(self.transformer(self._embed(text)))
+        pooled = self._project(self._pool(tokens, text))
+        if self.output_tokens:
+            return pooled, tokens
+        return pooled
+
+    def forward_intermediates(
+            self,
+            text: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            stop_early: bool = False,
+            normalize_intermediates: bool = False,
+            intermediates_only: bool = False,
+            output_fmt: str = "NLC",
+            output_extra_tokens: bool = False,
+    ) -> Dict[str, Union[torch.Tensor, List[torch.Tensor]]]:
+        """open_clip's intermediate-feature API: per-block token features (NLC) and the final features."""
+        if output_fmt != "NLC":
+            raise ValueError("text intermediates are only available in NLC format")
+        blocks = self.transformer.resblocks
+        take_indices, max_index = feature_take_indices(len(blocks), indices)
+        x = self._embed(text)
+        intermediates = []
+        last = max_index if stop_early else len(blocks) - 1
+        for i, block in enumerate(blocks[:last + 1]):
+            x = self.transformer._run_block(block, x)
+            if i in take_indices:
+                intermediates.append(self.ln_final(x) if normalize_intermediates else x)
+        output = {"text_intermediates": intermediates}
+        if intermediates_only:
+            return output
+        output["text_features"] = self._project(self._pool(self.ln_final(x), text))
+        return output

@@ -1,0 +1,53 @@
+"""Regenerate the derived JSONs in model_configs/ from open_clip's stock configs.
+
+The shipped JSONs are data (so `open_clip.get_model_config` and `list_models` see them without code), but they
+must equal what `open_clip_ext.derive_config` makes from their base; tests/test_configs.py checks that.
+
+    python scripts/make_model_configs.py            # rewrite model_configs/
+    python scripts/make_model_configs.py --check    # exit 1 if a file is stale
+"""
+import argparse
+import json
+import sys
+
+import open_clip_ext
+from open_clip_ext.configs import derive_config, shipped_config_dir
+
+STANDARD_BASES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14")
+# TULIP's released checkpoints: GELU everywhere (its student used GELU although its teacher was QuickGELU),
+# TULIP's CoPE choices; loaded from the checkpoint file with pretrained=PATH.
+TULIP_BASES = ("ViT-B-16", "ViT-L-14", "ViT-L-14-336")
+
+
+def wanted_configs() -> dict:
+    configs = {}
+    for base in STANDARD_BASES + ("tiny-clip",):
+        for position in ("rope", "cope"):
+            configs[f"{base}-{position}-248"] = derive_config(base, position, 248)
+    for base in TULIP_BASES:
+        for position in ("rope", "cope"):
+            cfg = derive_config(base, position, 248)
+            cfg["quick_gelu"] = False
+            configs[f"TULIP-{base}-{position}-248"] = cfg
+    return configs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only report stale or missing files")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, cfg in wanted_configs().items():
+        path = shipped_config_dir() / f"{name}.json"
+        text = json.dumps(cfg, indent=4) + "\n"
+        if path.exists() and path.read_text() == text:
+            continue
+        stale.append(path.name)
+        if not args.check:
+            path.write_text(text)
+    print(("stale: " if args.check else "written: ") + (", ".join(stale) or "none"))
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
