@@ -28,15 +28,10 @@ _UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "no_causal_mask"
 
 
 def shipped_config_dir() -> Path:
-    """model_configs/ as installed (package data) or, when running from a checkout, at the repository root."""
-    try:
-        from importlib.resources import files
-        installed = Path(str(files("open_clip_ext.model_configs")))
-        if installed.is_dir() and any(installed.glob("*.json")):
-            return installed
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "model_configs"
+    """model_configs/ as installed (package data inside open_clip_ext) or, in a checkout, at the repository root."""
+    package_dir = Path(__file__).resolve().parent
+    installed = package_dir / "model_configs"
+    return installed if installed.is_dir() else package_dir.parent / "model_configs"
 
 
 def is_relpos_text_cfg(text_cfg) -> bool:

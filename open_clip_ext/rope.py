@@ -37,10 +37,15 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.max_positions = max_positions
         self.theta = float(theta)
-        angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), rope_frequencies(head_dim, theta))
-        # Each pair's angle is repeated for its two channels so rotation is elementwise on (..., L, d).
-        self.register_buffer("cos", angles.cos().repeat_interleave(2, dim=-1).float(), persistent=False)
-        self.register_buffer("sin", angles.sin().repeat_interleave(2, dim=-1).float(), persistent=False)
+        cos, sin = self._tables(max_positions)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, length: int, device=None):
+        """float64 cos/sin of shape (length, head_dim); each pair's angle repeated for its two channels."""
+        positions = torch.arange(length, dtype=torch.float64, device=device)
+        angles = torch.outer(positions, rope_frequencies(self.head_dim, self.theta).to(device))
+        return angles.cos().repeat_interleave(2, dim=-1), angles.sin().repeat_interleave(2, dim=-1)
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_positions={self.max_positions}, theta={self.theta:g}"
@@ -52,8 +57,14 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(
                 f"sequence of {seq_len} tokens is longer than the {self.max_positions} rotary positions this "
                 f"model was built with; create it with force_context_length={seq_len} (or larger)")
-        # Rotate in float32 and cast back, as TULIP does, so bf16 runs see the same rotation.
-        x32 = x.float()
-        pairs = x32.unflatten(-1, (-1, 2))
+        # Rotate in (at least) float32 and cast back, as TULIP does, so bf16 runs see the same rotation.
+        compute = torch.promote_types(x.dtype, torch.float32)
+        xc = x.to(compute)
+        pairs = xc.unflatten(-1, (-1, 2))
         swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        return (x32 * self.cos[:seq_len] + swapped * self.sin[:seq_len]).to(x.dtype)
+        cos, sin = self.cos[:seq_len], self.sin[:seq_len]
+        if cos.dtype not in (torch.float32, torch.float64):
+            # model.to(bfloat16) casts buffers too; angles of late positions need full precision.
+            cos, sin = self._tables(seq_len, x.device)
+        cos, sin = cos.to(compute), sin.to(compute)
+        return (xc * cos + swapped * sin).to(x.dtype)
