@@ -6,7 +6,10 @@ Accepted sources (DESIGN.md section 3):
 - TULIP's released checkpoints: a stock-layout state_dict under ``state_dict`` with ``module.`` prefixes and an
   unused ``positional_embedding``;
 - this project's own checkpoints: full model, or text tower only (``text.*`` keys), optionally with the
-  ``model_cfg`` they were trained with, whose position settings must match the model being loaded.
+  ``model_cfg`` they were trained with, whose position settings must match the model being loaded;
+- onto a Long-CLIP tower: Long-CLIP's released checkpoints (OpenAI-style keys with ``positional_embedding`` and
+  ``positional_embedding_res``, both 248 rows) map one to one; a stock 77-row ``positional_embedding`` is stretched
+  by Long-CLIP's rule into both tables, as Long-CLIP's own conversion of a CLIP checkpoint does.
 Only ``torch.load(weights_only=True)`` and safetensors are used: nothing is ever unpickled.
 """
 import json
@@ -19,6 +22,7 @@ import torch
 from open_clip.model import convert_to_custom_text_state_dict
 
 from .configs import POSITION_DEFAULTS
+from .longclip import LongCLIPTextTransformer, stretch_positions
 
 # Tensors stock checkpoints carry that a relative-position model has no use for.
 _UNUSED_KEYS = ("text.positional_embedding", "text.attn_mask", "attn_mask",
@@ -98,11 +102,35 @@ def check_position_config(text_tower, metadata: dict, path) -> None:
                               f"create the model with the config it was trained with")
 
 
+def longclip_position_tables(tower: LongCLIPTextTransformer, state_dict: Dict[str, torch.Tensor],
+                             path="<state_dict>") -> Dict[str, torch.Tensor]:
+    """Long-CLIP's two position tables (``text.``-prefixed keys) from a Long-CLIP or a stock checkpoint."""
+    head_key, tail_key = "text.positional_embedding", "text.positional_embedding_res"
+    head, tail = state_dict.get(head_key), state_dict.get(tail_key)
+    if head is None:
+        if tail is not None:
+            raise CheckpointError(f"{path}: has {tail_key} but no {head_key} (Long-CLIP checkpoints hold both)")
+        return state_dict  # reported as missing by convert_state_dict
+    if tail is not None:
+        return state_dict  # Long-CLIP's layout (or this project's): one to one
+    rows, context = head.shape[0], tower.num_pos
+    if rows > context:
+        raise CheckpointError(f"{path}: {head_key} has {rows} positions, more than the model's {context}")
+    if rows < context:
+        logging.info(f"{path}: stretching {rows} learned positions to {context} by Long-CLIP's rule "
+                     f"(first {tower.keep_positions} kept)")
+        head = stretch_positions(head, context, tower.keep_positions)
+    return {**state_dict, head_key: head, tail_key: head.clone()}
+
+
 def convert_state_dict(model, state_dict: Dict[str, torch.Tensor], path="<state_dict>") -> Dict[str, torch.Tensor]:
     """Map a checkpoint onto ``model``'s keys; raise CheckpointError naming every misfit key and shape."""
     state_dict = to_custom_text_layout(state_dict)
-    dropped = [k for k in _UNUSED_KEYS if state_dict.pop(k, None) is not None]
+    if isinstance(model.text, LongCLIPTextTransformer):
+        state_dict = longclip_position_tables(model.text, state_dict, path)
     target = model.state_dict()
+    # Stock keys are dropped only where the model has no such tensor (a Long-CLIP tower keeps its positions).
+    dropped = [k for k in _UNUSED_KEYS if k not in target and state_dict.pop(k, None) is not None]
     unexpected = sorted(k for k in state_dict if k not in target)
     mismatched = sorted(f"{k} {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
                         for k in state_dict if k in target and state_dict[k].shape != target[k].shape

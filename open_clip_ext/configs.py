@@ -4,6 +4,10 @@ A relative-position variant is the stock config with three changes: ``custom_tex
 ``positional_embedding`` for ``CLIP.__init__`` to copy), ``text_cfg.pos_embed_type`` in {"rope", "cope"} and the
 new ``text_cfg.context_length``. Everything else (widths, activation, vision tower) stays the base's, which is
 what lets the base's pretrained weights initialise the variant.
+
+Two absolute-position variants are derived the same way, for comparison: "longclip" (Long-CLIP's stretched
+table with frozen leading rows, see longclip.py; custom text tower) and "uniform" (a stock CLIP whose 77 learned
+positions open_clip itself resizes uniformly on load, i.e. ``force_context_length``; stock CLIP class).
 """
 import difflib
 import re
@@ -15,14 +19,19 @@ import open_clip
 
 from . import patches
 
-POSITION_TYPES = ("rope", "cope")
+RELATIVE_POSITION_TYPES = ("rope", "cope")
+POSITION_TYPES = RELATIVE_POSITION_TYPES + ("longclip", "uniform")
+# Towers open_clip's CLIP class cannot host (it copies one ``positional_embedding`` parameter from the tower).
+CUSTOM_TEXT_POSITION_TYPES = ("rope", "cope", "longclip")
 # Text-config keys this package adds to open_clip's CLIPTextCfg, with their defaults.
 POSITION_DEFAULTS = {
     "rope": {"rope_theta": 10000.0, "rope_ntk_factor": None, "rope_ntk_trained_length": 77},
     "cope": {"cope_qk_norm": True, "cope_scale": "tulip"},
+    "longclip": {"longclip_keep_positions": 20},
+    "uniform": {},
 }
 EXT_TEXT_KEYS = {"pos_embed_type"} | {k for d in POSITION_DEFAULTS.values() for k in d}
-_VARIANT_NAME = re.compile(r"^(?P<base>.+)-(?P<position>rope|cope)-(?P<context>\d+)$")
+_VARIANT_NAME = re.compile(rf"^(?P<base>.+)-(?P<position>{'|'.join(POSITION_TYPES)})-(?P<context>\d+)$")
 # Stock text-tower options that a relative-position tower does not reproduce.
 _UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "no_causal_mask": False, "cls_emb": None}
 
@@ -35,7 +44,16 @@ def shipped_config_dir() -> Path:
 
 
 def is_relpos_text_cfg(text_cfg) -> bool:
+    return isinstance(text_cfg, dict) and text_cfg.get("pos_embed_type") in RELATIVE_POSITION_TYPES
+
+
+def is_ext_text_cfg(text_cfg) -> bool:
+    """A text config whose tower this package builds (any ``pos_embed_type`` it knows)."""
     return isinstance(text_cfg, dict) and text_cfg.get("pos_embed_type") in POSITION_TYPES
+
+
+def needs_custom_text(text_cfg) -> bool:
+    return isinstance(text_cfg, dict) and text_cfg.get("pos_embed_type") in CUSTOM_TEXT_POSITION_TYPES
 
 
 def unknown_model_error(name: str) -> RuntimeError:
@@ -55,7 +73,7 @@ def base_config(base) -> dict:
 
 
 def derive_config(base, position: str = "rope", context_length: int = 248, **position_options) -> dict:
-    """The config of ``base`` (a registered name or a config dict) with a RoPE/CoPE text tower."""
+    """The config of ``base`` (a registered name or a config dict) with a RoPE/CoPE/Long-CLIP/uniform text tower."""
     if position not in POSITION_TYPES:
         raise ValueError(f"position must be one of {POSITION_TYPES}, got {position!r}")
     unknown = set(position_options) - set(POSITION_DEFAULTS[position])
@@ -71,7 +89,8 @@ def derive_config(base, position: str = "rope", context_length: int = 248, **pos
         raise ValueError(f"base text pool_type {text_cfg['pool_type']!r} is not supported")
     if context_length < 2:
         raise ValueError(f"context_length must be at least 2, got {context_length}")
-    cfg["custom_text"] = True
+    if position in CUSTOM_TEXT_POSITION_TYPES:
+        cfg["custom_text"] = True
     text_cfg["context_length"] = int(context_length)
     text_cfg["pos_embed_type"] = position
     text_cfg.update({**POSITION_DEFAULTS[position], **position_options})
@@ -105,7 +124,7 @@ def register_variant(base_name: str, position: str = "rope", context_length: int
 
 
 def register_shipped_configs() -> None:
-    """Register model_configs/*.json and give each `<base>-<rope|cope>-<N>` its base's pretrained tags."""
+    """Register model_configs/*.json and give each `<base>-<position type>-<N>` its base's pretrained tags."""
     config_dir = shipped_config_dir()
     open_clip.add_model_config(config_dir)
     for path in sorted(config_dir.glob("*.json")):

@@ -3,7 +3,7 @@
 open_clip has no plugin API for text towers or checkpoint converters, so four module-level names are wrapped
 (each wrapper hands anything that is not ours to the original unchanged), and two registries are extended:
 
-- ``open_clip.model._build_text_tower``: builds a RoPE/CoPE tower for ``text_cfg.pos_embed_type``;
+- ``open_clip.model._build_text_tower``: builds a RoPE/CoPE/Long-CLIP tower for ``text_cfg.pos_embed_type``;
 - ``open_clip.factory.load_checkpoint``: converts stock / TULIP / own checkpoints onto our models;
 - ``open_clip.factory.create_model`` (and ``open_clip.create_model``): forces CustomTextCLIP for our configs,
   takes the activation from the pretrained tag (QuickGELU for OpenAI weights), names close matches for an
@@ -35,6 +35,7 @@ _REQUIRED = (
     (open_clip.pretrained, "_PRETRAINED"),
     (open_clip.transformer, "text_global_pool"),
     (open_clip.transformer, "lock_text_tower"),
+    (open_clip.transformer.TextTransformer, "_embeds"),  # overridden by the Long-CLIP tower
     (open_clip, "create_model"),
 )
 _originals = {}
@@ -61,15 +62,17 @@ def check_open_clip() -> None:
 
 
 def _is_ours(model) -> bool:
+    """A model whose checkpoints this package converts (relative-position or Long-CLIP text tower)."""
+    from .longclip import LongCLIPTextTransformer
     from .text_tower import RelPosTextTransformer
-    return isinstance(getattr(model, "text", None), RelPosTextTransformer)
+    return isinstance(getattr(model, "text", None), (RelPosTextTransformer, LongCLIPTextTransformer))
 
 
 def _build_text_tower(embed_dim, text_cfg, quick_gelu=False, cast_dtype=None):
-    from .configs import is_relpos_text_cfg
-    from .factory import build_relpos_text_tower
-    if is_relpos_text_cfg(text_cfg):
-        return build_relpos_text_tower(embed_dim, text_cfg, quick_gelu, cast_dtype)
+    from .configs import is_ext_text_cfg
+    from .factory import build_ext_text_tower
+    if is_ext_text_cfg(text_cfg):
+        return build_ext_text_tower(embed_dim, text_cfg, quick_gelu, cast_dtype)
     return _originals["_build_text_tower"](embed_dim, text_cfg, quick_gelu, cast_dtype)
 
 
@@ -82,15 +85,16 @@ def _load_checkpoint(model, checkpoint_path, strict=True, weights_only=True, dev
 
 
 def _create_model(model_name, pretrained=None, **kwargs):
-    from .configs import is_relpos_text_cfg, unknown_model_error
+    from .configs import is_ext_text_cfg, needs_custom_text, unknown_model_error
     schema, identifier = open_clip.factory.parse_model_name(model_name)
     if schema is None:
         name = identifier.replace("/", "-")
         cfg = open_clip.factory.get_model_config(name)
         if cfg is None:
             raise unknown_model_error(name)
-        if is_relpos_text_cfg(cfg.get("text_cfg")):
-            kwargs.setdefault("force_custom_text", True)
+        if is_ext_text_cfg(cfg.get("text_cfg")):
+            if needs_custom_text(cfg.get("text_cfg")):
+                kwargs.setdefault("force_custom_text", True)
             tag_cfg = open_clip.factory.get_pretrained_cfg(name, pretrained) if pretrained else {}
             if tag_cfg.get("quick_gelu") and not cfg.get("quick_gelu") and not kwargs.get("force_quick_gelu"):
                 # A student initialised from a teacher must compute with the teacher's activation.

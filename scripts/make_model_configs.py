@@ -17,6 +17,10 @@ STANDARD_BASES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14"
 # TULIP's released checkpoints: GELU everywhere (its student used GELU although its teacher was QuickGELU),
 # TULIP's CoPE choices; loaded from the checkpoint file with pretrained=PATH.
 TULIP_BASES = ("ViT-B-16", "ViT-L-14", "ViT-L-14-336")
+# Absolute-position baselines: Long-CLIP's stretched table and open_clip's uniform resize (force_context_length).
+BASELINE_BASES = ("ViT-B-16", "ViT-L-14", "tiny-clip")
+# Long-CLIP's released longclip-B.pt / longclip-L.pt: OpenAI CLIP fine-tuned, hence QuickGELU; pretrained=PATH.
+LONGCLIP_BASES = ("ViT-B-16", "ViT-L-14")
 
 
 def wanted_configs() -> dict:
@@ -29,6 +33,13 @@ def wanted_configs() -> dict:
             cfg = derive_config(base, position, 248)
             cfg["quick_gelu"] = False
             configs[f"TULIP-{base}-{position}-248"] = cfg
+    for base in BASELINE_BASES:
+        for position in ("longclip", "uniform"):
+            configs[f"{base}-{position}-248"] = derive_config(base, position, 248)
+    for base in LONGCLIP_BASES:
+        cfg = derive_config(base, "longclip", 248)
+        cfg["quick_gelu"] = True
+        configs[f"LongCLIP-{base}"] = cfg
     return configs
 
 
