@@ -221,3 +221,41 @@ def test_uniform_baseline_is_open_clips_force_context_length(tmp_path):
         assert torch.equal(named.encode_text(ids), forced.encode_text(ids))
     assert open_clip.get_tokenizer("ViT-L-14-uniform-248").context_length == 248
     assert "openai" in open_clip.list_pretrained_tags_by_model("ViT-L-14-uniform-248")
+
+
+def test_one_table_compares_stock_uniform_longclip_and_rope(tmp_path):
+    """The evaluation CLI takes every kind side by side: Long-CLIP weights (QuickGELU config, as shipped for
+    LongCLIP-ViT-L-14), the uniform baseline, a RoPE student and the stock model."""
+    from benchmark_fixtures import make_urban1k
+    from naive_retrieval import naive_metrics
+    from PIL import Image
+    from training_ext.eval import main as evaluate
+
+    cfg = open_clip_ext.derive_config("tiny-clip", "longclip", 248)
+    cfg["quick_gelu"] = True
+    open_clip_ext.patches.register_model_config("LongCLIP-tiny-clip", cfg)
+    longclip_path, stock_path = tmp_path / "longclip.pt", tmp_path / "stock.pt"
+    longclip_state = _random_longclip_checkpoint(longclip_path)
+    torch.save(open_clip.create_model("tiny-clip").state_dict(), stock_path)
+    root, data = make_urban1k(str(tmp_path / "urban"), count=6)
+    specs = [f"tiny-clip:{stock_path}", f"tiny-clip-uniform-248:{stock_path}", f"LongCLIP-tiny-clip:{longclip_path}",
+             f"tiny-clip-rope-248:{stock_path}"]
+    results = evaluate(["--models", *specs, "--urban1k", root, "--output-dir", str(tmp_path / "out"),
+                        "--workers", "0", "--no-progress"])
+    table = open(tmp_path / "out" / "results.md").read()
+    assert all(spec in table for spec in specs)
+    for spec, result in zip(specs, results):
+        name, _, weights = spec.partition(":")
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights)
+        tokenizer = open_clip.get_tokenizer(name)
+        with torch.no_grad():
+            images = torch.cat([model.eval().encode_image(preprocess(Image.open(p).convert("RGB"))[None],
+                                                          normalize=True) for p in data["image_paths"]])
+            texts = torch.cat([model.encode_text(tokenizer([c]), normalize=True) for c in data["captions"]])
+        expected, _, _ = naive_metrics(images @ texts.T, data["caption_image"])
+        assert result["model"] == spec and result["metrics"] == pytest.approx(expected, abs=1e-6)
+        assert tokenizer.context_length == (77 if name == "tiny-clip" else 248)
+        if name == "LongCLIP-tiny-clip":  # the row holds Long-CLIP's own text features
+            ids = tokenizer(data["captions"][:2])
+            naive = torch.stack([naive_longclip_text(longclip_state, row, heads=4) for row in ids])
+            torch.testing.assert_close(F.normalize(naive, dim=-1).float(), texts[:2], atol=1e-5, rtol=1e-4)
