@@ -63,12 +63,13 @@ class RelPosAttention(nn.Module):
                 f"{seq_len}; truncate the input (tokenizer context_length={self.cope.npos_max})")
         q, k = self.q_ln(q), self.k_ln(k)
         scale = self.head_dim ** -0.5
+        # Scales are applied to q (L x d) rather than to the logits (L x L): same product, fewer operations.
         if self.cope_scale == "tulip":
-            q = q * scale
-            cope_query = q
+            cope_query = q * scale
+            logits = torch.matmul(cope_query * scale, k.transpose(-1, -2))
         else:
             cope_query = q
-        logits = torch.matmul(q, k.transpose(-1, -2)) * scale
+            logits = torch.matmul(q * scale, k.transpose(-1, -2))
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=q.device).triu_(1)
         logits = logits.masked_fill(causal, float("-inf"))
         logits = logits + self.cope(cope_query, logits.to(cope_query.dtype)).to(logits.dtype)

@@ -22,11 +22,12 @@ class CoPE(nn.Module):
     def forward(self, query: torch.Tensor, attn_logits: torch.Tensor) -> torch.Tensor:
         """Positional logits to add to ``attn_logits`` (B, H, L, L), for queries (B, H, L, head_dim)."""
         gates = torch.sigmoid(attn_logits)
-        # p[i, j] = sum_{k >= j} gates[i, k]: a reverse cumulative sum along the key axis.
-        positions = gates.flip(-1).cumsum(dim=-1).flip(-1).clamp(max=self.npos_max - 1)
+        # p[i, j] = sum_{k >= j} gates[i, k], written as total - cumsum + own gate: one cumsum and no flips.
+        # Masked (future) keys have gate 0 and p ~ 0, where rounding can dip below 0: clamp both ends.
+        positions = (gates.sum(dim=-1, keepdim=True) - gates.cumsum(dim=-1) + gates).clamp(0, self.npos_max - 1)
         floor = positions.floor()
         weight_ceil = positions - floor
-        logits_at_int = torch.matmul(query, self.pos_emb)  # (B, H, L, npos_max)
+        logits_at_int = torch.matmul(query, self.pos_emb.to(query.dtype))  # (B, H, L, npos_max)
         logits_floor = logits_at_int.gather(-1, floor.long())
         logits_ceil = logits_at_int.gather(-1, positions.ceil().long())
-        return logits_ceil * weight_ceil + logits_floor * (1 - weight_ceil)
+        return logits_floor + weight_ceil * (logits_ceil - logits_floor)
