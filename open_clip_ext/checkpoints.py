@@ -27,6 +27,9 @@ from .longclip import LongCLIPTextTransformer, stretch_positions
 # Tensors stock checkpoints carry that a relative-position model has no use for.
 _UNUSED_KEYS = ("text.positional_embedding", "text.attn_mask", "attn_mask",
                 "input_resolution", "context_length", "vocab_size")
+# Stage 1 distilling from cached embeddings of another width trains a linear map to that width, saved in its
+# checkpoints under this prefix (so resuming restores it); it is not part of the CLIP model and is dropped here.
+DISTILL_TARGET_MAP = "distill_target_map"
 _MAX_LISTED = 12
 
 
@@ -126,6 +129,7 @@ def longclip_position_tables(tower: LongCLIPTextTransformer, state_dict: Dict[st
 def convert_state_dict(model, state_dict: Dict[str, torch.Tensor], path="<state_dict>") -> Dict[str, torch.Tensor]:
     """Map a checkpoint onto ``model``'s keys; raise CheckpointError naming every misfit key and shape."""
     state_dict = to_custom_text_layout(state_dict)
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(DISTILL_TARGET_MAP + ".")}
     if isinstance(model.text, LongCLIPTextTransformer):
         state_dict = longclip_position_tables(model.text, state_dict, path)
     target = model.state_dict()

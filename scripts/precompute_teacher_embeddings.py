@@ -24,9 +24,10 @@ import torch
 from tqdm import tqdm
 
 import open_clip_ext  # noqa: F401  (registers this project's configs)
-from training_ext.keyed_captions import (KeyedCaption, caption_digest, csv_captions, folder_captions,
-                                        tokenized_batches, webdataset_captions)
-from training_ext.teacher_cache import CacheHeader, TeacherCacheError, TeacherCacheWriter, file_sha256
+from training_ext.keyed_captions import (KeyedCaption, caption_digest, caption_field_for, csv_captions,
+                                        folder_captions, tokenized_batches, webdataset_captions)
+from training_ext.teacher_cache import (CacheHeader, TeacherCacheError, TeacherCacheWriter, file_sha256,
+                                        teacher_checkpoint_file)
 
 DATASET_TYPES = ("auto", "csv", "webdataset", "folder")
 
@@ -79,17 +80,6 @@ def resolve_dataset_type(kind: str, data: str, parser) -> str:
     parser.error(f"cannot tell the dataset type of {data!r}; pass --dataset-type")
 
 
-def teacher_checkpoint_file(model: str, pretrained: str, cache_dir=None) -> str:
-    """The file behind a pretrained tag or path: its sha256 identifies the teacher's weights."""
-    if os.path.isfile(pretrained):
-        return pretrained
-    tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
-    if not tag_cfg:
-        raise SystemExit(f"--teacher-pretrained {pretrained!r} is neither a file nor a pretrained tag of {model} "
-                         f"(tags: {open_clip.list_pretrained_tags_by_model(model)})")
-    return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
-
-
 def caption_records(args) -> Iterable[KeyedCaption]:
     if args.dataset_type == "csv":
         return csv_captions(args.data, args.csv_caption_key, args.csv_short_caption_key, args.csv_separator)
@@ -100,11 +90,8 @@ def caption_records(args) -> Iterable[KeyedCaption]:
 
 def caption_fields(args):
     """(caption field, short caption field) as recorded in the header."""
-    if args.dataset_type == "csv":
-        return args.csv_caption_key, args.csv_short_caption_key
-    if args.dataset_type == "webdataset":
-        return "txt", args.wds_short_caption_key
-    return "line", None
+    short = {"csv": args.csv_short_caption_key, "webdataset": args.wds_short_caption_key}.get(args.dataset_type)
+    return caption_field_for(args.dataset_type, args.csv_caption_key), short
 
 
 def skip_done(records: Iterable[KeyedCaption], keys_done: List[str], where: str) -> Iterator[KeyedCaption]:

@@ -23,7 +23,9 @@ from open_clip_train.data import (
     DataInfo, ResampledShards2, SharedEpoch, detshuffle2, expand_urls, get_dataset_size, log_and_continue,
 )
 
+from .cached_targets import CachedTextSample, CsvCachedTargets, FolderCachedTargets
 from .captions import clean_caption, first_sentence
+from .folder_data import FolderDataset
 
 _WDS_SAMPLE_SHUFFLE = (5000, 1000)  # (bufsize, initial): open_clip_train's sample shuffle
 _WDS_SHARD_SHUFFLE = (2000, 500)
@@ -325,9 +327,11 @@ def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int) -> DataInfo
 # ------------------------------------------------------------------------------------------------- public
 
 def dataset_type(args, path: Optional[str]) -> str:
-    """open_clip's --dataset-type, with 'auto' resolved from the file extension."""
+    """open_clip's --dataset-type (plus 'folder'), with 'auto' resolved from the file extension."""
     if args.dataset_type != "auto":
         return args.dataset_type
+    if path and os.path.isdir(path):
+        return "folder"
     extension = str(path).rsplit(".", 1)[-1].lower()
     if extension in ("csv", "tsv"):
         return "csv"
@@ -336,17 +340,32 @@ def dataset_type(args, path: Optional[str]) -> str:
     raise ValueError(f"cannot tell the dataset type of {path!r} from its extension; pass --dataset-type")
 
 
-def get_text_data(args, tokenizer, epoch: int = 0) -> DataInfo:
-    """Stage-1 training data: long captions only, batches ``(long_ids,)``."""
+def _folder_data(args, path: str, tokenizer, transform, is_train: bool, teacher_cache=None) -> DataInfo:
+    """A folder dataset; validation always reads the first line, so its captions do not change."""
+    dataset = FolderDataset(path, tokenizer, transform, args.folder_caption_line if is_train else "first",
+                            args.folder_short_line, seed=args.seed)
+    data = _map_style_data(FolderCachedTargets(dataset, teacher_cache) if teacher_cache else dataset, args,
+                           is_train)
+    data.shared_epoch = dataset.shared_epoch  # DataInfo.set_epoch redraws the caption lines
+    return data
+
+
+def get_text_data(args, tokenizer, epoch: int = 0, teacher_cache=None) -> DataInfo:
+    """Stage-1 training data: long captions only, batches ``(long_ids,)``; with a teacher cache
+    ``(long_ids, cached teacher embedding)``."""
     kind = dataset_type(args, args.train_data)
-    if kind == "synthetic":
+    if kind == "synthetic" and teacher_cache is None:
         return _map_style_data(SyntheticTextDataset(args.train_num_samples or 64, tokenizer), args, True)
     if kind == "csv":
         dataset = CsvTextDataset(args.train_data, args.csv_caption_key, tokenizer, sep=args.csv_separator)
-        return _map_style_data(dataset, args, True)
+        return _map_style_data(CsvCachedTargets(dataset, teacher_cache) if teacher_cache else dataset, args, True)
     if kind == "webdataset":
-        return _wds_data(args, True, _TextOnlySample(tokenizer), epoch)
-    raise ValueError(f"unsupported --dataset-type {kind!r}")
+        to_sample = _TextOnlySample(tokenizer)
+        return _wds_data(args, True, CachedTextSample(to_sample, teacher_cache) if teacher_cache else to_sample,
+                         epoch)
+    if kind == "folder":
+        return _folder_data(args, args.train_data, tokenizer, None, True, teacher_cache)
+    raise ValueError(f"unsupported --dataset-type {kind!r}" + (" with --teacher-cache" if teacher_cache else ""))
 
 
 def get_image_text_data(args, tokenizer, transform, is_train: bool, epoch: int = 0,
@@ -368,6 +387,8 @@ def get_image_text_data(args, tokenizer, transform, is_train: bool, epoch: int =
     elif kind == "webdataset":
         data = _wds_data(args, is_train, _ImageTextSample(tokenizer, transform, args.wds_short_caption_key, skipped),
                          epoch)
+    elif kind == "folder":
+        data = _folder_data(args, path, tokenizer, transform, is_train)
     else:
         raise ValueError(f"unsupported --dataset-type {kind!r}")
     data.skipped = skipped

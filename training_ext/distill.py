@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cached_targets import distillation_output
 from .checkpoint import ensure_finite
 from .text_inputs import teacher_ids, text_context_length, text_tower_has_relative_positions, trim_padding
 
@@ -46,7 +47,8 @@ class StudentTextFeatures(nn.Module):
         self.trim = text_tower_has_relative_positions(clip_model)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_text(trim_padding(ids) if self.trim else ids)
+        features = self.clip.encode_text(trim_padding(ids) if self.trim else ids)
+        return distillation_output(self.clip, features)  # to a cached teacher's width, if it differs
 
 
 def freeze_all_but_text(clip_model: nn.Module) -> None:
@@ -85,15 +87,19 @@ def backward(loss: torch.Tensor, scaler) -> None:
 def make_distill_step(student: nn.Module, teacher: TeacherTextFeatures, weights: Dict[str, float], device,
                       autocast: Callable, scaler, distributed: bool) -> Callable:
     """The stage-1 step over k micro-batches: each loss is divided by k, which makes the summed gradient the
-    gradient of the mean over all k*B samples (the k-times larger batch)."""
+    gradient of the mean over all k*B samples (the k-times larger batch). A batch ``(ids, target)`` brings its
+    teacher target from a cache (``teacher`` may then be None); a batch ``(ids,)`` runs the teacher."""
 
     def step(micro_batches: List[tuple], where: str, last_checkpoint=None) -> Dict[str, float]:
         totals: Dict[str, float] = {}
         count = len(micro_batches)
-        for index, (ids,) in enumerate(micro_batches):
+        for index, (ids, *cached) in enumerate(micro_batches):
             ids = ids.to(device=device, non_blocking=True)
-            with autocast():
-                target = teacher(ids)
+            if cached:
+                target = cached[0].to(device=device, non_blocking=True)
+            else:
+                with autocast():
+                    target = teacher(ids)
             with no_sync_unless(student, sync=index == count - 1):
                 with autocast():
                     features = student(ids)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .checkpoint import ensure_finite
 from .distill import backward, no_sync_unless
+from .pcm import PrincipalComponentMatchingLoss, SmoothedClipLoss
 from .text_inputs import text_tower_has_relative_positions, trim_padding
 
 
@@ -46,16 +47,26 @@ class ClipFeatures(nn.Module):
 
 
 def clip_loss_for(args) -> ClipLoss:
-    """open_clip's ClipLoss with open_clip_train's distributed flags (--local-loss, --gather-with-grad)."""
-    return ClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, cache_labels=True,
-                    rank=args.rank, world_size=args.world_size)
+    """open_clip's ClipLoss with open_clip_train's distributed flags (--local-loss, --gather-with-grad), and
+    --label-smoothing (0: exactly ClipLoss)."""
+    return SmoothedClipLoss(label_smoothing=getattr(args, "label_smoothing", 0.0), local_loss=args.local_loss,
+                            gather_with_grad=args.gather_with_grad, cache_labels=True, rank=args.rank,
+                            world_size=args.world_size)
 
 
-def finetune_losses(image, long, short, logit_scale, clip_loss: ClipLoss, short_weight: float) -> Dict[str, torch.Tensor]:
+def short_caption_loss_for(args, clip_loss: ClipLoss) -> Optional[Callable]:
+    """--short-caption-loss pcm: Long-CLIP's primary component matching; None: the CLIP loss (TULIP)."""
+    if getattr(args, "short_caption_loss", "clip") == "pcm":
+        return PrincipalComponentMatchingLoss(clip_loss, args.pcm_components)
+    return None
+
+
+def finetune_losses(image, long, short, logit_scale, clip_loss: ClipLoss, short_weight: float,
+                    short_loss: Optional[Callable] = None) -> Dict[str, torch.Tensor]:
     terms = {"long_loss": clip_loss(image.float(), long.float(), logit_scale.float())}
     total = terms["long_loss"]
     if short is not None:
-        terms["short_loss"] = clip_loss(image.float(), short.float(), logit_scale.float())
+        terms["short_loss"] = (short_loss or clip_loss)(image.float(), short.float(), logit_scale.float())
         total = total + short_weight * terms["short_loss"]
     terms["loss"] = total
     return terms
@@ -69,14 +80,16 @@ def _on_device(batch, device, input_dtype, use_short: bool):
 
 
 def make_finetune_step(trained: nn.Module, features: ClipFeatures, clip_loss: ClipLoss, short_weight: float,
-                       device, input_dtype, autocast: Callable, scaler, distributed: bool) -> Callable:
-    """The stage-2 step: ``trained`` is ``features`` or its DDP wrapper."""
+                       device, input_dtype, autocast: Callable, scaler, distributed: bool,
+                       short_loss: Optional[Callable] = None) -> Callable:
+    """The stage-2 step: ``trained`` is ``features`` or its DDP wrapper; ``short_loss`` replaces the CLIP loss
+    on short captions (Long-CLIP's PCM)."""
     use_short = short_weight > 0
 
     def single(batch, where: str, last_checkpoint) -> Dict[str, torch.Tensor]:
         with autocast():
             outputs = trained(*_on_device(batch, device, input_dtype, use_short))
-        losses = finetune_losses(*outputs, clip_loss, short_weight)
+        losses = finetune_losses(*outputs, clip_loss, short_weight, short_loss)
         ensure_finite(losses["loss"], where, last_checkpoint, distributed)
         backward(losses["loss"], scaler)
         return losses
@@ -90,7 +103,7 @@ def make_finetune_step(trained: nn.Module, features: ClipFeatures, clip_loss: Cl
             for i in range(3)
         ]
         scale = outputs[0][3].detach().float().requires_grad_()
-        losses = finetune_losses(*leaves, scale, clip_loss, short_weight)
+        losses = finetune_losses(*leaves, scale, clip_loss, short_weight, short_loss)
         ensure_finite(losses["loss"], where, last_checkpoint, distributed)
         losses["loss"].backward()
         sizes = [len(batch[1]) for batch in inputs]

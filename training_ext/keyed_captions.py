@@ -38,6 +38,11 @@ def keyed_caption(key: str, caption: str, short_caption: Optional[str] = None) -
     return KeyedCaption(key, caption, short)
 
 
+def caption_field_for(dataset_type: str, csv_caption_key: str) -> str:
+    """What a cache records as its caption field: the CSV column, webdataset's ``txt``, or a folder's ``line``."""
+    return {"csv": csv_caption_key, "webdataset": "txt", "folder": "line"}[dataset_type]
+
+
 def csv_row_key(row: int) -> str:
     return f"row{row}"
 

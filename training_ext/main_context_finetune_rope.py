@@ -4,6 +4,9 @@
         --student-checkpoint logs/<stage1>/checkpoints/epoch_30.pt --short-caption-weight 0.2 \\
         --train-data train.csv ...
     torchrun --nproc_per_node 8 -m training_ext.main_context_finetune_rope -- <same flags>
+    # Long-CLIP's way (no stage 1): stretched positions, PCM short-caption loss, label smoothing
+    python -m training_ext.main_context_finetune_rope --model ViT-L-14-longclip-248 --pretrained openai \
+        --short-caption-loss pcm --short-caption-weight 1 --label-smoothing 0.1 --train-data train.csv ...
 
 Run with --help for TULIP's flags followed by all open_clip_train flags.
 """
@@ -13,10 +16,11 @@ import sys
 import open_clip
 from open_clip import get_input_dtype
 from open_clip_train.precision import get_autocast
+from open_clip_ext.longclip import LongCLIPTextTransformer
 
 from .builders import clamp_logit_scale, create_clip, resume_if_asked, trained_model_config, wrap_for_processes
 from .data import get_image_text_data
-from .finetune import ClipFeatures, clip_loss_for, make_finetune_step
+from .finetune import ClipFeatures, clip_loss_for, make_finetune_step, short_caption_loss_for
 from .loop import TrainState, train
 from .optim import create_optimizer, create_scaler, create_scheduler
 from .session import command_line, open_wandb, run_stage, seed_everything, write_params
@@ -42,7 +46,7 @@ def train_finetuning(args, device, writer) -> TrainState:
     model, preprocess_train, preprocess_val = create_clip(args, args.model, args.pretrained, device)
     if args.student_checkpoint:
         load_student_text_tower(model, args.student_checkpoint)
-    else:
+    elif not isinstance(getattr(model, "text", None), LongCLIPTextTransformer):  # Long-CLIP needs no stage 1
         logging.warning("no --student-checkpoint: the text tower is the one --pretrained gives (not distilled)")
     lock_towers(model, args)
     if args.grad_checkpointing:
@@ -69,10 +73,11 @@ def train_finetuning(args, device, writer) -> TrainState:
     state = TrainState(model=model, trained=trained, optimizer=optimizer, scaler=scaler, scheduler=scheduler,
                        model_cfg=trained_model_config(args, model), epoch=epoch, step=step,
                        last_checkpoint=args.resume)
+    clip_loss = clip_loss_for(args)
     step_fn = make_finetune_step(
-        trained, features, clip_loss_for(args), args.short_caption_weight, device,
+        trained, features, clip_loss, args.short_caption_weight, device,
         get_input_dtype(args.precision), get_autocast(args.precision, device_type=device.type), scaler,
-        args.distributed)
+        args.distributed, short_loss=short_caption_loss_for(args, clip_loss))
     evaluate = make_retrieval_validation(args, model, model, val_data, device, writer, state)
     train(state, args, train_data, step_fn, after_update=lambda: clamp_logit_scale(model), evaluate=evaluate,
           writer=writer, extra_scalars=lambda: {"scale": model.logit_scale.exp().item()})

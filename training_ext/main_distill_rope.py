@@ -3,6 +3,8 @@
     python -m training_ext.main_distill_rope --model ViT-L-14-rope-248 --pretrained openai \\
         --teacher-model ViT-L-14-quickgelu --teacher-pretrained openai --train-data train.csv ...
     torchrun --nproc_per_node 8 -m training_ext.main_distill_rope -- <same flags>
+    # with embeddings precomputed by scripts/precompute_teacher_embeddings.py the teacher does not run:
+    python -m training_ext.main_distill_rope ... --teacher-cache cache/vitl14 [--teacher-model ... to check it]
 
 Run with --help for TULIP's flags followed by all open_clip_train flags.
 """
@@ -14,7 +16,8 @@ import torch
 from open_clip_train.precision import get_autocast
 
 from .builders import create_clip, resume_if_asked, trained_model_config, wrap_for_processes
-from .data import get_image_text_data, get_text_data
+from .cached_targets import attach_target_map, open_run_cache
+from .data import dataset_type, get_image_text_data, get_text_data
 from .distill import StudentTextFeatures, TeacherTextFeatures, freeze_all_but_text, make_distill_step
 from .loop import TrainState, train
 from .optim import create_optimizer, create_scaler, create_scheduler
@@ -40,10 +43,20 @@ def copy_vision_from_teacher(student, teacher) -> None:
 def train_distillation(args, device, writer) -> TrainState:
     """Teacher (frozen) and student, text-only data, then the epoch loop with teacher-image validation."""
     seed_everything(args.seed)
-    teacher, _, teacher_preprocess_val = create_clip(args, args.teacher_model, args.teacher_pretrained, device,
-                                                     with_flags=False)
-    student, _, _ = create_clip(args, args.model, args.pretrained, device)
-    copy_vision_from_teacher(student, teacher)
+    teacher = None
+    if args.teacher_model:  # optional with --teacher-cache: then it only gives the vision tower and validation
+        teacher, _, teacher_preprocess_val = create_clip(args, args.teacher_model, args.teacher_pretrained, device,
+                                                         with_flags=False)
+    student, _, student_preprocess_val = create_clip(args, args.model, args.pretrained, device)
+    # validation pairs the teacher's image tower (the student's without a teacher) with the student's text
+    image_model, preprocess_val = student, student_preprocess_val
+    if teacher is not None:
+        image_model, preprocess_val = teacher, teacher_preprocess_val
+        copy_vision_from_teacher(student, teacher)
+    cache = None
+    if args.teacher_cache:
+        cache = open_run_cache(args, dataset_type(args, args.train_data), teacher)
+        attach_target_map(student, cache.width)  # before the optimizer and resume see the student's parameters
     freeze_all_but_text(student)
     if args.grad_checkpointing:
         student.set_grad_checkpointing()
@@ -55,12 +68,11 @@ def train_distillation(args, device, writer) -> TrainState:
     epoch, step = resume_if_asked(args, student, optimizer, scaler)  # into the student, never the teacher
     tokenizer = open_clip.get_tokenizer(args.model, context_length=args.force_context_length,
                                         cache_dir=args.cache_dir)
-    train_data = get_text_data(args, tokenizer, epoch=epoch)
+    train_data = get_text_data(args, tokenizer, epoch=epoch, teacher_cache=cache)
     val_data = None
     if args.val_data:
-        image_size = teacher_preprocess_val.transforms[0].size
-        val_data = get_image_text_data(args, tokenizer, teacher_preprocess_val, is_train=False,
-                                       image_size=image_size)
+        image_size = preprocess_val.transforms[0].size
+        val_data = get_image_text_data(args, tokenizer, preprocess_val, is_train=False, image_size=image_size)
     steps_per_epoch = train_data.dataloader.num_batches // args.accum_freq
     scheduler = create_scheduler(optimizer, args, steps_per_epoch)
     open_wandb(args, train_data.dataloader.num_samples)
@@ -70,9 +82,10 @@ def train_distillation(args, device, writer) -> TrainState:
                        model_cfg=trained_model_config(args, student), epoch=epoch, step=step,
                        last_checkpoint=args.resume)
     autocast = get_autocast(args.precision, device_type=device.type)
-    step_fn = make_distill_step(trained, TeacherTextFeatures(teacher), args.distill_loss, device, autocast,
-                                scaler, args.distributed)
-    evaluate = make_retrieval_validation(args, teacher, student, val_data, device, writer, state)
+    live_teacher = None if cache else TeacherTextFeatures(teacher)  # cached batches bring their targets
+    step_fn = make_distill_step(trained, live_teacher, args.distill_loss, device, autocast, scaler,
+                                args.distributed)
+    evaluate = make_retrieval_validation(args, image_model, student, val_data, device, writer, state)
     train(state, args, train_data, step_fn, after_update=lambda: None, evaluate=evaluate, writer=writer)
     return state
 

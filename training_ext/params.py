@@ -9,7 +9,18 @@ from typing import List, Optional, Sequence
 
 from open_clip_train.params import parse_args as parse_open_clip_args
 
+from .folder_data import CAPTION_LINES as FOLDER_CAPTION_LINES, parse_short_line
+from .pcm import DEFAULT_PCM_COMPONENTS, SHORT_CAPTION_LOSSES
+
 DISTILL_LOSSES = ("cosine", "mse", "l2")
+DATASET_TYPES = ("webdataset", "csv", "synthetic", "folder", "auto")
+
+
+def _short_line(value: str):
+    try:
+        return parse_short_line(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
 
 
 def parse_loss_weights(spec: str) -> dict:
@@ -45,14 +56,32 @@ def _add_common_flags(parser: argparse.ArgumentParser) -> None:
         "--save-every-n-steps", type=int, default=0,
         help="Also write a resumable checkpoint (epoch_latest.pt) every N optimizer steps; 0 = only at epoch "
              "ends. '--resume latest' continues mid-epoch from it.")
+    group.add_argument(
+        "--dataset-type", choices=DATASET_TYPES, default="auto",
+        help="open_clip_train's choices plus 'folder' (train-CLIP style: x.jpg pairs with an x.txt anywhere under "
+             "--train-data, one caption a line). 'auto': csv/tsv, tar, or folder for a directory.")
+    group.add_argument(
+        "--folder-caption-line", choices=FOLDER_CAPTION_LINES, default="random",
+        help="Folder data: the caption is a random line of the caption file, drawn anew every epoch (default), "
+             "or always the first line (the long caption).")
+    group.add_argument(
+        "--folder-short-line", type=_short_line, default="first-sentence",
+        help="Folder data, short caption: 'first-sentence' of the caption (default), a line number N, or "
+             "'random' (another line than the caption's).")
 
 
 def _add_distill_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("stage 1: relative position distillation (open_clip_ext)")
     group.add_argument(
-        "--teacher-model", required=True,
+        "--teacher-model", default=None,
         help="The frozen 77-token teacher (e.g. ViT-L-14-quickgelu). It reads the first 77 tokens of the "
-             "student's ids; its image tower is used for validation only.")
+             "student's ids; its image tower is used for validation only. Required unless --teacher-cache.")
+    group.add_argument(
+        "--teacher-cache", default=None,
+        help="Folder of precomputed teacher embeddings (scripts/precompute_teacher_embeddings.py): the teacher "
+             "does not run during training. Refused when it does not match --teacher-model / "
+             "--teacher-pretrained (name, checkpoint sha256, tokenizer length) or the data's caption field; "
+             "embeddings of another width (e.g. an LLM's) are reached through a learned linear map.")
     group.add_argument(
         "--teacher-pretrained", default="",
         help="Weights of the teacher: an open_clip tag (e.g. openai) or a checkpoint path.")
@@ -73,6 +102,16 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
         "--short-caption-weight", type=float, default=0.2,
         help="Loss = CLIP loss on long captions + this weight x CLIP loss on short captions. Default 0.2; "
              "0 trains on long captions only.")
+    group.add_argument(
+        "--short-caption-loss", choices=SHORT_CAPTION_LOSSES, default="clip",
+        help="Short captions against the image features ('clip', TULIP) or against their rank-k PCA "
+             "reconstruction over the batch ('pcm', Long-CLIP's primary component matching).")
+    group.add_argument(
+        "--pcm-components", type=int, default=DEFAULT_PCM_COMPONENTS,
+        help="Principal components kept by --short-caption-loss pcm (default %(default)s, Long-CLIP's).")
+    group.add_argument(
+        "--label-smoothing", type=float, default=0.0,
+        help="Label smoothing of the long and short CLIP losses (Long-CLIP uses 0.1; default 0).")
 
 
 def _extra_parser(stage: str) -> argparse.ArgumentParser:
@@ -136,3 +175,16 @@ def _reject_conflicting_flags(args: argparse.Namespace) -> None:
         raise SystemExit(f"--save-every-n-steps must be >= 0, got {args.save_every_n_steps}")
     if args.stage == "finetune" and args.short_caption_weight < 0:
         raise SystemExit(f"--short-caption-weight must be >= 0, got {args.short_caption_weight}")
+    if args.stage == "distill" and not (args.teacher_model or args.teacher_cache):
+        raise SystemExit("stage 1 needs a teacher: --teacher-model (run live) or --teacher-cache (precomputed)")
+    if args.stage == "finetune":
+        _reject_bad_short_caption_loss(args)
+
+
+def _reject_bad_short_caption_loss(args: argparse.Namespace) -> None:
+    if args.pcm_components < 1:
+        raise SystemExit(f"--pcm-components must be >= 1, got {args.pcm_components}")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise SystemExit(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    if args.short_caption_loss == "pcm" and args.short_caption_weight == 0:
+        raise SystemExit("--short-caption-loss pcm needs a --short-caption-weight above 0 (Long-CLIP uses 1)")

@@ -16,6 +16,7 @@ from open_clip_train.logger import setup_logging
 
 from .checkpoint import NonFiniteLossError, find_latest_checkpoint
 from .params import parse_args
+from .teacher_cache import TeacherCacheError
 
 try:
     import wandb
@@ -170,3 +171,5 @@ def command_line(argv: Optional[Sequence[str]], stage: str, train: Callable) -> 
         run_stage(args, train)
     except NonFiniteLossError as error:
         raise SystemExit(f"stopped: {error}")
+    except TeacherCacheError as error:  # a --teacher-cache that does not belong to this run
+        raise SystemExit(f"error: {error}")

@@ -45,6 +45,19 @@ def file_sha256(path: str, chunk_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def teacher_checkpoint_file(model: str, pretrained: str, cache_dir=None) -> str:
+    """The file behind a pretrained tag or path: its sha256 identifies the teacher's weights."""
+    import open_clip
+
+    if os.path.isfile(pretrained):
+        return pretrained
+    tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not tag_cfg:
+        raise TeacherCacheError(f"teacher weights {pretrained!r} are neither a file nor a pretrained tag of {model} "
+                                f"(tags: {open_clip.list_pretrained_tags_by_model(model)})")
+    return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+
+
 @dataclass
 class CacheHeader:
     teacher: str
@@ -244,10 +257,12 @@ class TeacherCache:
 
 def check_cache_matches(header: CacheHeader, where: str, teacher: Optional[str] = None,
                         checkpoint_sha256: Optional[str] = None, tokenizer_context_length: Optional[int] = None,
-                        caption_field: Optional[str] = None) -> None:
-    """Refuse a cache made by another teacher, weights, tokenizer length or caption field (given ones only)."""
+                        dataset_type: Optional[str] = None, caption_field: Optional[str] = None) -> None:
+    """Refuse a cache made by another teacher, weights, tokenizer length, data kind or caption field (the ones
+    given are checked)."""
     wanted = {"teacher": teacher, "checkpoint_sha256": checkpoint_sha256,
-              "tokenizer_context_length": tokenizer_context_length, "caption_field": caption_field}
+              "tokenizer_context_length": tokenizer_context_length, "dataset_type": dataset_type,
+              "caption_field": caption_field}
     differing = [f"{k}: cache has {getattr(header, k)!r}, this run {v!r}" for k, v in wanted.items()
                  if v is not None and getattr(header, k) != v]
     if differing:
