@@ -42,3 +42,15 @@ def test_stage2_accumulation_equals_larger_batch(tmp_path):
     accumulated = _finetune(tmp_path, "accum", batch=2, accum=3, train=train, pretrained=pretrained)
     assert large.step == accumulated.step == 2
     assert_state_dicts_close(accumulated.model.state_dict(), large.model.state_dict())
+
+
+def test_grad_checkpointing_gives_the_same_update(tmp_path):
+    """--grad-checkpointing (TULIP's reference raised TypeError) recomputes activations, changing nothing else."""
+    pretrained = save_stock_teacher(str(tmp_path / "teacher.pt"))
+    train = write_csv(str(tmp_path / "train"), rows=8)
+    plain = _finetune(tmp_path, "plain", batch=4, accum=1, train=train, pretrained=pretrained)
+    argv = ["--model", STUDENT, "--pretrained", pretrained, "--grad-checkpointing"]
+    argv += base_args(str(tmp_path / "logs"), "ckpt", train, batch_size=4, extra=SGD)
+    checkpointed = main_context_finetune_rope.run(parse_args(argv, stage="finetune"))
+    assert_state_dicts_close(checkpointed.model.state_dict(), plain.model.state_dict())
+    assert checkpointed.model.text.transformer.grad_checkpointing
