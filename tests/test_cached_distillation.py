@@ -93,3 +93,36 @@ def test_embeddings_of_another_width_train_through_a_linear_map(setup):
                                                "--lr", "1e-2", "--resume", "latest"], epochs=2)
     assert resumed.step == 6
     assert not torch.equal(resumed.model.distill_target_map.weight, saved["state_dict"]["distill_target_map.weight"])
+
+
+def test_webdataset_batches_carry_the_cached_target_of_their_sample(tmp_path):
+    import io
+    import tarfile
+
+    from open_clip_ext import truncate_tokens
+    from training_ext.data import get_text_data
+    from training_ext.teacher_cache import TeacherCache
+    from training_helpers import long_caption
+
+    teacher = save_stock_teacher(str(tmp_path / "teacher.pt"))
+    shard = str(tmp_path / "train-000000.tar")
+    with tarfile.open(shard, "w") as tar:
+        for index in range(6):
+            for extension, data in (("png", b"image bytes never read"), ("txt", long_caption(index).encode())):
+                info = tarfile.TarInfo(f"{index:06d}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    cache_dir = str(tmp_path / "cache")
+    precompute.main(["--teacher-model", TEACHER, "--teacher-pretrained", teacher, "--data", shard,
+                     "--output", cache_dir, "--no-progress"])
+    args = parse_args(["--model", STUDENT, "--teacher-cache", cache_dir, "--train-data", shard, "--batch-size", "3",
+                       "--train-num-samples", "6", "--workers", "0", "--device", "cpu"], stage="distill")
+    args.world_size, args.rank = 1, 0
+    data = get_text_data(args, open_clip.get_tokenizer(STUDENT), teacher_cache=TeacherCache(cache_dir))
+    teacher_model = open_clip.create_model(TEACHER, pretrained=teacher).eval()
+    batches = list(data.dataloader)
+    assert sum(len(ids) for ids, _ in batches) == 6
+    for ids, targets in batches:
+        with torch.no_grad():
+            torch.testing.assert_close(targets, teacher_model.encode_text(truncate_tokens(ids, 77)),
+                                       atol=1e-4, rtol=1e-4)
