@@ -11,8 +11,10 @@ from PIL import Image
 from training_ext.benchmarks import BenchmarkError
 from training_ext.eval import main, parse_model_spec
 from training_ext.features import encode_captions, encode_images
+from training_ext.length_buckets import caption_token_count
 
 from benchmark_fixtures import make_coco, make_flickr30k, make_imagenet, make_urban1k
+from data_prep_fixtures import load_script
 from naive_retrieval import naive_metrics, naive_rank
 
 
@@ -118,9 +120,10 @@ def test_batched_encoding_with_workers_matches_one_at_a_time(tmp_path):
     _, data = make_urban1k(str(tmp_path), count=5)
     model, preprocess, tokenizer = build_model("tiny-clip-rope-248")
     images = encode_images(model, preprocess, data["image_paths"], batch_size=2, workers=1, show_progress=False)
-    texts = encode_captions(model, tokenizer, data["captions"], batch_size=2, workers=1, show_progress=False)
+    texts, counts = encode_captions(model, tokenizer, data["captions"], batch_size=2, workers=1, show_progress=False)
     assert torch.allclose(images, naive_image_features(model, preprocess, data["image_paths"]), atol=1e-5)
     assert torch.allclose(texts, naive_text_features(model, tokenizer, data["captions"]), atol=1e-5)
+    assert counts == [caption_token_count(c) for c in data["captions"]]
 
 
 def test_model_spec_parsing():
@@ -147,3 +150,12 @@ def test_cli_help_and_argument_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "tiny-clip"])  # no benchmark
     assert exit_info.value.code == 2
+
+
+def test_bench_script_runs_and_its_two_sides_agree(tmp_path):
+    report = load_script("bench_eval").main([
+        "--pairs", "12", "--repeats", "1", "--workers", "0", "--image-size", "16",
+        "--fixture-dir", str(tmp_path), "--output", str(tmp_path / "bench.json")])
+    assert report["max_recall_difference"] == 0.0
+    assert report["eval_items_per_second"] > 0 and report["naive_items_per_second"] > 0
+    assert json.load(open(tmp_path / "bench.json"))["speedup"] == report["speedup"]

@@ -1,9 +1,10 @@
 """Chunked ranks and recall@k against a naive sort-based computation, ties and the 5-captions rule included."""
+import open_clip
 import pytest
 import torch
 
-from training_ext.length_buckets import (bucket_labels, caption_token_counts, check_bucket_edges,
-                                         recall_at_1_by_length)
+from training_ext.length_buckets import (bucket_labels, caption_token_count, check_bucket_edges,
+                                         recall_at_1_by_length, tokenize_and_count, tokenizes_like_counter)
 from training_ext.retrieval import image_to_text_ranks, recall_at_k, retrieval_metrics, target_ranks
 
 from naive_retrieval import naive_metrics, naive_rank
@@ -93,11 +94,30 @@ def test_bucket_labels_and_edges():
         check_bucket_edges([77, 77])
 
 
+CAPTIONS_OF_EVERY_LENGTH = ["a dog.", "word " * 74, "word " * 75, "word " * 76, "a " * 100 + "cat", "word " * 300]
+
+
 def test_token_counts_match_open_clip_tokenizer():
-    import open_clip
-    captions = ["a dog.", "a " * 100 + "cat", "word " * 300]
-    untruncated = open_clip.tokenize(captions, context_length=1000)
-    assert caption_token_counts(captions, show_progress=False) == (untruncated != 0).sum(dim=1).tolist()
+    untruncated = open_clip.tokenize(CAPTIONS_OF_EVERY_LENGTH, context_length=1000)
+    assert [caption_token_count(c) for c in CAPTIONS_OF_EVERY_LENGTH] == (untruncated != 0).sum(dim=1).tolist()
+    assert [caption_token_count(c) for c in CAPTIONS_OF_EVERY_LENGTH[1:4]] == [76, 77, 78]  # around 77
+
+
+@pytest.mark.parametrize("context_length", [77, 248])
+def test_one_pass_tokenizing_equals_the_tokenizer(context_length):
+    tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
+    assert tokenizes_like_counter(tokenizer)
+    ids, counts = tokenize_and_count(tokenizer, CAPTIONS_OF_EVERY_LENGTH)
+    assert torch.equal(ids, tokenizer(CAPTIONS_OF_EVERY_LENGTH))
+    assert counts == [caption_token_count(c) for c in CAPTIONS_OF_EVERY_LENGTH]
+
+
+def test_other_tokenizers_run_as_they_are():
+    tokenizer = open_clip.SimpleTokenizer(context_length=77, clean="canonicalize")
+    assert not tokenizes_like_counter(tokenizer)
+    ids, counts = tokenize_and_count(tokenizer, CAPTIONS_OF_EVERY_LENGTH)
+    assert torch.equal(ids, tokenizer(CAPTIONS_OF_EVERY_LENGTH))
+    assert counts == [caption_token_count(c) for c in CAPTIONS_OF_EVERY_LENGTH]
 
 
 def test_recall_by_length_matches_naive_bucketing():

@@ -23,8 +23,7 @@ from .benchmarks import BENCHMARKS, Benchmark, BenchmarkError, ClassificationSet
 from .eval_report import comparison_table, markdown_report, plot_recall_by_length, write_text
 from .file_io import write_json
 from .features import encode_captions, encode_images
-from .length_buckets import (DEFAULT_BUCKET_EDGES, caption_token_counts, check_bucket_edges,
-                             recall_at_1_by_length)
+from .length_buckets import DEFAULT_BUCKET_EDGES, check_bucket_edges, recall_at_1_by_length
 from .retrieval import DEFAULT_CHUNK_ELEMENTS, recall_at_k, retrieval_metrics, target_ranks
 
 # open_clip model names that carry a schema of their own before the name proper
@@ -61,7 +60,6 @@ class SelectedBenchmark:
     source: str
     image_root: Optional[str]
     data: object               # RetrievalSet or ClassificationSet
-    token_counts: Optional[List[int]]
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -92,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--flickr30k-images", metavar="DIR", help="the flickr30k-images folder")
     parser.add_argument("--output-dir", default="eval_results", help="where results.json, results.md and "
                                                                      "recall_by_length.png go")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    parser.add_argument("--text-batch-size", type=int, default=256, help="captions per batch")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per batch (default: 128 on GPU, 32 on CPU, where small batches stay in cache)")
+    parser.add_argument("--text-batch-size", type=int, default=None,
+                        help="captions per batch (default: 256 on GPU, 32 on CPU)")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers (image decoding, tokenizing)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda when available, else cpu)")
@@ -122,8 +122,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         check_bucket_edges(args.bucket_edges)
     except ValueError as e:
         parser.error(f"--length-buckets: {e}")
+    on_gpu = torch.device(args.device).type == "cuda"
     if args.precision is None:
-        args.precision = "amp" if torch.device(args.device).type == "cuda" else "fp32"
+        args.precision = "amp" if on_gpu else "fp32"
+    if args.batch_size is None:
+        args.batch_size = 128 if on_gpu else 32
+    if args.text_batch_size is None:
+        args.text_batch_size = 256 if on_gpu else 32
     return args
 
 
@@ -136,10 +141,7 @@ def load_benchmarks(args) -> List[SelectedBenchmark]:
             continue
         image_root = getattr(args, benchmark.image_root_option) if benchmark.image_root_option else None
         print(f"reading {benchmark.name} from {source}", file=sys.stderr)
-        data = benchmark.reader(source, image_root)
-        token_counts = (caption_token_counts(data.captions, show_progress=not args.no_progress)
-                        if isinstance(data, RetrievalSet) else None)
-        selected.append(SelectedBenchmark(benchmark, source, image_root, data, token_counts))
+        selected.append(SelectedBenchmark(benchmark, source, image_root, benchmark.reader(source, image_root)))
     return selected
 
 
@@ -162,18 +164,18 @@ def evaluate_retrieval(loaded: LoadedModel, selected: SelectedBenchmark, args) -
     options = _encoding_options(args)
     image_features = encode_images(loaded.model, loaded.preprocess, data.image_paths,
                                    batch_size=args.batch_size, **options)
-    text_features = encode_captions(loaded.model, loaded.tokenizer, data.captions,
-                                    batch_size=args.text_batch_size, **options)
+    text_features, token_counts = encode_captions(loaded.model, loaded.tokenizer, data.captions,
+                                                  batch_size=args.text_batch_size, **options)
     caption_image = torch.tensor(data.caption_image, dtype=torch.long)
     metrics, image_ranks, text_ranks = retrieval_metrics(image_features, text_features, caption_image,
                                                          chunk_elements=args.chunk_elements)
     return {
         "num_images": len(data.image_paths),
         "num_captions": len(data.captions),
-        "captions_over_context": sum(n > loaded.context_length for n in selected.token_counts),
+        "captions_over_context": sum(n > loaded.context_length for n in token_counts),
         "metrics": metrics,
         "recall_by_length": recall_at_1_by_length(image_ranks, text_ranks, caption_image,
-                                                  selected.token_counts, args.bucket_edges),
+                                                  token_counts, args.bucket_edges),
     }
 
 

@@ -5,26 +5,54 @@ end tokens, so "<=77" means "fits a stock CLIP context whole" and ">248" means "
 The count is the same for every model compared, whatever its own tokenizer or context.
 """
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from tqdm import tqdm
 
 DEFAULT_BUCKET_EDGES = (77, 154, 248)
 SPECIAL_TOKENS = 2  # <start_of_text> and <end_of_text>
 
 
 @lru_cache(maxsize=1)
-def _simple_tokenizer():
+def _count_tokenizer():
     from open_clip import SimpleTokenizer
     return SimpleTokenizer()
 
 
-def caption_token_counts(captions: Sequence[str], show_progress: bool = True) -> List[int]:
-    """Untruncated token count of every caption, start and end tokens included."""
-    tokenizer = _simple_tokenizer()
-    return [len(tokenizer.encode(c)) + SPECIAL_TOKENS
-            for c in tqdm(captions, desc="token counts", unit="caption", disable=not show_progress, leave=False)]
+def caption_token_count(caption: str) -> int:
+    """Untruncated token count of one caption, start and end tokens included."""
+    return len(_count_tokenizer().encode(caption)) + SPECIAL_TOKENS
+
+
+def tokenizes_like_counter(tokenizer) -> bool:
+    """True when `tokenizer` is a SimpleTokenizer whose ids are the counting tokenizer's, cut to its context:
+    then one BPE pass gives both the model input and the length (tokenizing is the slow part on CPU)."""
+    from open_clip import SimpleTokenizer
+    reference = _count_tokenizer()
+    return (isinstance(tokenizer, SimpleTokenizer) and tokenizer.reduction_fn is None
+            and tokenizer.clean_fn is reference.clean_fn and tokenizer.encoder == reference.encoder)
+
+
+def tokenize_and_count(tokenizer, captions: Sequence[str],
+                       one_pass: Optional[bool] = None) -> Tuple[torch.Tensor, List[int]]:
+    """(model token ids, untruncated token counts) for a batch of captions.
+
+    With a tokenizer that tokenizes like the counter, each caption is encoded once and cut to the
+    context by open_clip's rule (keep the first context_length tokens, the last of them becomes the
+    end token); any other tokenizer runs as is and the counts take a pass of their own.
+    """
+    if not tokenizes_like_counter(tokenizer):
+        return tokenizer(list(captions)), [caption_token_count(c) for c in captions]
+    context_length = tokenizer.context_length
+    ids = torch.zeros(len(captions), context_length, dtype=torch.long)
+    counts = []
+    for row, caption in enumerate(captions):
+        tokens = [tokenizer.sot_token_id] + tokenizer.encode(caption) + [tokenizer.eot_token_id]
+        counts.append(len(tokens))
+        if len(tokens) > context_length:
+            tokens = tokens[:context_length - 1] + [tokenizer.eot_token_id]
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+    return ids, counts
 
 
 def bucket_labels(edges: Sequence[int] = DEFAULT_BUCKET_EDGES) -> List[str]:
