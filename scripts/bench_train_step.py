@@ -5,7 +5,8 @@ Baselines do what TULIP's reference code does:
   models (both image towers run), the student reads all 248 token positions;
 - stage 2: each image is encoded twice (once with the long, once with the short captions), short captions are
   padded to 248 tokens.
-Ours: training_ext's data (stage 1 reads captions only), step functions and optimizer step. Both sides read the
+Ours: training_ext's data (stage 1 reads captions only), step functions and optimizer (fused AdamW; the baselines
+use torch's default AdamW, as the reference does). Both sides read the
 same CSV of JPEG files with workers=0 (data time counts), and run interleaved round by round so machine noise
 hits them alike.
 
@@ -37,6 +38,7 @@ from training_ext.distill import (
     StudentTextFeatures, TeacherTextFeatures, distillation_losses, freeze_all_but_text, make_distill_step,
 )
 from training_ext.finetune import ClipFeatures, clip_loss_for, finetune_losses, make_finetune_step
+from training_ext.optim import create_optimizer
 from training_ext.params import parse_args
 from training_ext.text_inputs import teacher_ids
 
@@ -72,6 +74,7 @@ def training_args(stage: str, csv: str, opts) -> argparse.Namespace:
 
 
 def adamw(model):
+    """The reference's optimizer: torch's AdamW with default settings."""
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
 
@@ -102,7 +105,7 @@ def stage1_runners(csv, opts, device):
 
     student = open_clip.create_model(opts.student, device=device)
     freeze_all_but_text(student)
-    optimizer = adamw(student)
+    optimizer = create_optimizer(student, args)
     step_fn = make_distill_step(StudentTextFeatures(student), TeacherTextFeatures(teacher), {"cosine": 1.0},
                                 device, suppress, None, distributed=False)
 
@@ -135,7 +138,7 @@ def stage2_runners(csv, opts, device):
     args = training_args("finetune", csv, opts)
     tokenizer = open_clip.get_tokenizer(opts.student)
     model, preprocess_train, _ = open_clip.create_model_and_transforms(opts.student, device=device)
-    optimizer = adamw(model)
+    optimizer = create_optimizer(model, args)
     clip_loss = clip_loss_for(args)
     features = ClipFeatures(model)
     step_fn = make_finetune_step(features, features, clip_loss, 0.2, device, None, suppress, None, False)
