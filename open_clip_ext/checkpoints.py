@@ -16,10 +16,11 @@ import json
 import logging
 import pickle
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from open_clip.model import convert_to_custom_text_state_dict
+from open_clip.transformer import QuickGELU
 
 from .configs import POSITION_DEFAULTS
 from .longclip import LongCLIPTextTransformer, stretch_positions
@@ -171,9 +172,42 @@ def _is_scalar_reshape(saved: torch.Tensor, wanted: torch.Tensor) -> bool:
     return saved.numel() == wanted.numel() == 1
 
 
+def read_saved_model_cfg(path) -> Optional[dict]:
+    """The ``model_cfg`` a checkpoint was saved with, read without loading its tensors (None if absent)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                saved = (f.metadata() or {}).get("model_cfg")
+            return json.loads(saved) if saved else None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable here: read_checkpoint reports it properly when the weights are loaded
+        return None
+    return checkpoint.get("model_cfg") if isinstance(checkpoint, dict) else None
+
+
+def uses_quick_gelu(module) -> bool:
+    return any(isinstance(m, QuickGELU) for m in module.modules())
+
+
+def check_activation(model, metadata: dict, path) -> None:
+    """Refuse weights trained with another activation (QuickGELU vs GELU): they load but compute wrongly."""
+    saved_cfg = metadata.get("model_cfg")
+    if not saved_cfg:
+        return
+    saved_quick, model_quick = bool(saved_cfg.get("quick_gelu", False)), uses_quick_gelu(model.text)
+    if saved_quick != model_quick:
+        fix = "pass force_quick_gelu=True" if saved_quick else "use a config without QuickGELU"
+        raise CheckpointError(f"{path}: trained with quick_gelu={saved_quick} but the model uses "
+                              f"quick_gelu={model_quick}; {fix} (open_clip.create_model(name, pretrained=path) "
+                              f"picks it up from the checkpoint by itself)")
+
+
 def load_checkpoint_into(model, path, strict: bool = True):
     """open_clip's ``load_checkpoint`` for models with a relative-position text tower."""
     state_dict, metadata = read_checkpoint(path)
     check_position_config(model.text, metadata, path)
+    check_activation(model, metadata, path)
     converted = convert_state_dict(model, state_dict, path)
     return model.load_state_dict(converted, strict=strict)

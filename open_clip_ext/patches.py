@@ -13,6 +13,7 @@ open_clip has no plugin API for text towers or checkpoint converters, so four mo
 The open_clip range these were tested against is pinned in setup.cfg.
 """
 import logging
+import os
 from copy import deepcopy
 
 import open_clip
@@ -84,6 +85,19 @@ def _load_checkpoint(model, checkpoint_path, strict=True, weights_only=True, dev
                                          device=device)
 
 
+def _pretrained_uses_quick_gelu(name: str, pretrained) -> bool:
+    """What the weights were trained with: the tag's config says, or the model_cfg saved in a checkpoint."""
+    if not pretrained:
+        return False
+    tag_cfg = open_clip.factory.get_pretrained_cfg(name, pretrained)
+    if tag_cfg:
+        return bool(tag_cfg.get("quick_gelu"))
+    if os.path.isfile(pretrained):
+        from .checkpoints import read_saved_model_cfg
+        return bool((read_saved_model_cfg(pretrained) or {}).get("quick_gelu"))
+    return False
+
+
 def _create_model(model_name, pretrained=None, **kwargs):
     from .configs import is_ext_text_cfg, needs_custom_text, unknown_model_error
     schema, identifier = open_clip.factory.parse_model_name(model_name)
@@ -95,8 +109,8 @@ def _create_model(model_name, pretrained=None, **kwargs):
         if is_ext_text_cfg(cfg.get("text_cfg")):
             if needs_custom_text(cfg.get("text_cfg")):
                 kwargs.setdefault("force_custom_text", True)
-            tag_cfg = open_clip.factory.get_pretrained_cfg(name, pretrained) if pretrained else {}
-            if tag_cfg.get("quick_gelu") and not cfg.get("quick_gelu") and not kwargs.get("force_quick_gelu"):
+            if _pretrained_uses_quick_gelu(name, pretrained) and not cfg.get("quick_gelu") \
+                    and not kwargs.get("force_quick_gelu"):
                 # A student initialised from a teacher must compute with the teacher's activation.
                 logging.info(f"{name}: pretrained '{pretrained}' was trained with QuickGELU; using QuickGELU")
                 kwargs["force_quick_gelu"] = True

@@ -179,3 +179,17 @@ def test_position_settings_mismatch_is_refused(tmp_path):
 def test_unknown_model_lists_close_matches():
     with pytest.raises(RuntimeError, match="Close matches: .*ViT-B-16-rope-248"):
         open_clip.create_model("ViT-B-16-rope-24")
+
+
+def test_quick_gelu_comes_from_the_checkpoint(tmp_path):
+    """A student trained from OpenAI weights (QuickGELU) reloads by name with QuickGELU, or is refused."""
+    trained = randomize_(open_clip.create_model("tiny-clip-rope-248", force_quick_gelu=True))
+    cfg = dict(open_clip.get_model_config("tiny-clip-rope-248"), quick_gelu=True)
+    path = tmp_path / "quick.pt"
+    torch.save({"state_dict": trained.state_dict(), "model_cfg": cfg}, path)
+    loaded = open_clip.create_model("tiny-clip-rope-248", pretrained=str(path))
+    assert isinstance(loaded.text.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert torch.equal(_features(loaded, "tiny-clip-rope-248"), _features(trained, "tiny-clip-rope-248"))
+    gelu_model = open_clip.create_model("tiny-clip-rope-248")
+    with pytest.raises(CheckpointError, match="trained with quick_gelu=True but the model uses quick_gelu=False"):
+        open_clip_ext.checkpoints.load_checkpoint_into(gelu_model, path)
