@@ -16,7 +16,7 @@ caption), ``short_title`` (short caption)):
   first 77 tokens) and differing in the bottom row; column ``group`` names the group. A model that reads only
   77 tokens is at chance inside a group.
 
-Test scenes never occur in train or val. ``meta.json`` records the seed, sizes and token-length statistics, and
+No scene occurs in two splits. ``meta.json`` records the seed, sizes and token-length statistics, and
 the late-detail property as checked with open_clip's tokenizer.
 """
 import argparse
@@ -202,7 +202,8 @@ def check_late_detail(captions: Sequence[str], groups: Sequence[int]) -> Dict[st
         if len({tuple(seq) for seq in sequences}) != len(sequences):
             raise ValueError(f"late-detail group {group}: two captions are identical")
         for other in sequences[1:]:
-            position = next(i for i, (a, b) in enumerate(zip(sequences[0], other)) if a != b)
+            position = next((i for i, (a, b) in enumerate(zip(sequences[0], other)) if a != b),
+                            min(len(sequences[0]), len(other)))
             first_difference = min(first_difference, position)
     return {"n_groups": len(members), "first_differing_token_position": first_difference,
             "max_tokens": longest}
@@ -220,7 +221,8 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 2
                      group_size: int = 8, image_size: int = 32) -> dict:
     """Write all four splits and ``meta.json`` under ``out_dir``; the same arguments give the same files.
 
-    Test splits are drawn first from their own random streams, so they do not depend on the train/val sizes.
+    Test splits are drawn first, then val, then train, each from its own random streams: the test splits do not
+    depend on the train/val sizes, and no scene is in two splits.
     """
     if n_test % group_size:
         raise ValueError(f"--n-test ({n_test}) must be a multiple of --group-size ({group_size})")
@@ -230,29 +232,30 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 2
     _check_palette_is_single_tokens()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    # one independent stream per purpose, so changing one size leaves the other splits' content alone
-    streams = np.random.SeedSequence(seed).spawn(6)
-    late_rng, ordinary_rng, train_rng, val_rng, pixel_rng_test, pixel_rng_train = (
-        np.random.default_rng(s) for s in streams)
+    # one scene stream and one pixel stream per split: a split's content depends only on the seed, its own size
+    # and the splits drawn before it (tests, then val, then train), never on the size of a later one
+    scene_streams, pixel_streams = np.random.SeedSequence(seed).spawn(2)
+    scene_rng = dict(zip(SPLIT_FILES, (np.random.default_rng(s) for s in scene_streams.spawn(len(SPLIT_FILES)))))
+    pixel_rng = dict(zip(SPLIT_FILES, (np.random.default_rng(s) for s in pixel_streams.spawn(len(SPLIT_FILES)))))
 
-    late_groups = sample_late_detail_groups(late_rng, n_test // group_size, group_size)
+    late_groups = sample_late_detail_groups(scene_rng["test_late_detail"], n_test // group_size, group_size)
     late_scenes = [scene for group in late_groups for scene in group]
     late_group_ids = [g for g, group in enumerate(late_groups) for _ in group]
-    ordinary_scenes = sample_scenes(ordinary_rng, n_test, excluded=set(late_scenes))
+    ordinary_scenes = sample_scenes(scene_rng["test_ordinary"], n_test, excluded=set(late_scenes))
     test_scenes = set(late_scenes) | set(ordinary_scenes)
-    train_scenes = sample_scenes(train_rng, n_train, excluded=test_scenes)
-    val_scenes = sample_scenes(val_rng, n_val, excluded=test_scenes)
+    val_scenes = sample_scenes(scene_rng["val"], n_val, excluded=test_scenes)
+    train_scenes = sample_scenes(scene_rng["train"], n_train, excluded=test_scenes | set(val_scenes))
 
     plan = [
-        ("test_late_detail", late_scenes, late_group_ids, pixel_rng_test),
-        ("test_ordinary", ordinary_scenes, [], pixel_rng_test),
-        ("train", train_scenes, [], pixel_rng_train),
-        ("val", val_scenes, [], pixel_rng_train),
+        ("test_late_detail", late_scenes, late_group_ids),
+        ("test_ordinary", ordinary_scenes, []),
+        ("val", val_scenes, []),
+        ("train", train_scenes, []),
     ]
     splits = {}
     late_detail_check = None
-    for split, scenes, groups, pixel_rng in tqdm(plan, desc="splits", unit="split"):
-        frame = write_split(out_dir, split, scenes, groups, image_size, pixel_rng)
+    for split, scenes, groups in tqdm(plan, desc="splits", unit="split"):
+        frame = write_split(out_dir, split, scenes, groups, image_size, pixel_rng[split])
         splits[split] = {"csv": str(out_dir / SPLIT_FILES[split]), "n": len(frame),
                          "tokens": token_length_stats(frame["title"].tolist()),
                          "short_tokens": token_length_stats(frame["short_title"].tolist())}
