@@ -146,10 +146,10 @@ def read_sharegpt4v_10k(json_path: str, image_root: Optional[str] = None, count:
     return _read_sharegpt4v(json_path, image_root, count)
 
 
-def read_long_dci(csv_path: str, image_root: Optional[str] = None) -> RetrievalSet:
-    """dci_long.csv: tab-separated with `filepath` and `title`; relative paths resolve against
-    image_root (default: the CSV's folder)."""
-    _require_file(csv_path, "Long-DCI csv")
+def read_caption_csv(csv_path: str, image_root: Optional[str] = None, what: str = "caption csv") -> RetrievalSet:
+    """An open_clip CSV (tab-separated `filepath`, `title`), one caption per image; relative paths resolve
+    against image_root (default: the CSV's folder)."""
+    _require_file(csv_path, what)
     root = image_root if image_root is not None else os.path.dirname(os.path.abspath(csv_path))
     with open(csv_path, "r", encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
@@ -166,8 +166,20 @@ def read_long_dci(csv_path: str, image_root: Optional[str] = None) -> RetrievalS
         captions.append(_require_caption(row["title"], where))
     if not captions:
         raise BenchmarkError(f"{csv_path}: no rows")
-    _require_images_exist(image_paths, "Long-DCI")
+    _require_images_exist(image_paths, what)
     return RetrievalSet(image_paths, captions, list(range(len(captions))))
+
+
+def read_long_dci(csv_path: str, image_root: Optional[str] = None) -> RetrievalSet:
+    """dci_long.csv: tab-separated with `filepath` and `title`; relative paths resolve against
+    image_root (default: the CSV's folder)."""
+    return read_caption_csv(csv_path, image_root, "Long-DCI")
+
+
+def caption_csv_benchmark(name: str) -> Benchmark:
+    """A user's own held-out CSV as a named benchmark (eval's --csv NAME=PATH)."""
+    return Benchmark(name, f"{name}: open_clip caption CSV (tab-separated filepath/title), 1 caption per image",
+                     lambda path, image_root: read_caption_csv(path, image_root, name), "an open_clip caption CSV")
 
 
 def read_coco_5k(root: str, image_root: Optional[str] = None, captions_per_image: int = 5) -> RetrievalSet:

@@ -19,7 +19,8 @@ import open_clip_ext  # noqa: F401  (registers this project's model configs with
 from open_clip import OPENAI_IMAGENET_TEMPLATES, build_zero_shot_classifier
 from open_clip_train.precision import get_autocast
 
-from .benchmarks import BENCHMARKS, Benchmark, BenchmarkError, ClassificationSet, RetrievalSet
+from .benchmarks import (BENCHMARKS, Benchmark, BenchmarkError, ClassificationSet, RetrievalSet,
+                         caption_csv_benchmark)
 from .eval_report import comparison_table, markdown_report, plot_recall_by_length, write_text
 from .file_io import write_json
 from .features import encode_captions, encode_images
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("benchmarks (give the path of each benchmark to run)")
     for benchmark in BENCHMARKS.values():
         group.add_argument(f"--{benchmark.name}", metavar="PATH", help=f"{benchmark.path_help}. {benchmark.protocol}")
+    group.add_argument("--csv", action="append", default=[], metavar="NAME=PATH",
+                       help="any open_clip caption CSV (tab-separated filepath/title, one caption per image) as a "
+                            "benchmark named NAME; repeatable (e.g. your own held-out split)")
     group.add_argument("--sharegpt4v-root", metavar="DIR", help="folder the ShareGPT4V json's 'image' paths are relative to")
     group.add_argument("--long-dci-root", metavar="DIR", help="folder dci_long.csv's relative filepaths resolve "
                        "against (default: the CSV's folder; the photos folder for a CSV written by "
@@ -115,8 +119,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.model_specs = args.model + args.models
     if not args.model_specs:
         parser.error("give at least one --model")
-    if not any(getattr(args, b.name.replace("-", "_")) for b in BENCHMARKS.values()):
-        parser.error("give the path of at least one benchmark (--urban1k, --coco-5k, ...)")
+    if not any(getattr(args, b.name.replace("-", "_")) for b in BENCHMARKS.values()) and not args.csv:
+        parser.error("give the path of at least one benchmark (--urban1k, --coco-5k, --csv NAME=PATH, ...)")
+    for entry in args.csv:
+        name, _, path = entry.partition("=")
+        if not name or not path or name in BENCHMARKS:
+            parser.error(f"--csv {entry!r}: expected NAME=PATH with a NAME that is not a built-in benchmark")
     try:
         args.bucket_edges = [int(x) for x in args.length_buckets.split(",")]
         check_bucket_edges(args.bucket_edges)
@@ -142,6 +150,11 @@ def load_benchmarks(args) -> List[SelectedBenchmark]:
         image_root = getattr(args, benchmark.image_root_option) if benchmark.image_root_option else None
         print(f"reading {benchmark.name} from {source}", file=sys.stderr)
         selected.append(SelectedBenchmark(benchmark, source, image_root, benchmark.reader(source, image_root)))
+    for entry in args.csv:
+        name, _, source = entry.partition("=")
+        benchmark = caption_csv_benchmark(name)
+        print(f"reading {name} from {source}", file=sys.stderr)
+        selected.append(SelectedBenchmark(benchmark, source, None, benchmark.reader(source, None)))
     return selected
 
 
