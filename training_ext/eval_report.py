@@ -51,6 +51,14 @@ def markdown_report(results: List[Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _legend_label(result: dict) -> str:
+    """Model name, the checkpoint's last two path parts (enough to tell runs apart), context length."""
+    checkpoint = result.get("checkpoint") or ""
+    short = "/".join(checkpoint.replace("\\", "/").split("/")[-3:]) if "/" in checkpoint else checkpoint
+    name = f'{result["model_name"]}:{short}' if short else result["model_name"]
+    return f'{name} (ctx {result["context_length"]})'
+
+
 def plot_recall_by_length(results: List[Dict], path: str) -> Optional[str]:
     """PNG of R@1 against caption length bucket: a row per retrieval benchmark, image->text and
     text->image side by side, a line per model. Returns the path, or None without retrieval results."""
@@ -72,7 +80,7 @@ def plot_recall_by_length(results: List[Dict], path: str) -> Optional[str]:
             for r in (r for r in retrieval if r["benchmark"] == benchmark):
                 buckets = r["recall_by_length"]
                 values = [float("nan") if b[direction] is None else b[direction] for b in buckets]
-                axis.plot(range(len(buckets)), values, marker="o", label=f'{r["model"]} (ctx {r["context_length"]})')
+                axis.plot(range(len(buckets)), values, marker="o", label=_legend_label(r))
             axis.set_xticks(range(len(buckets)))
             axis.set_xlim(-0.3, len(buckets) - 0.7)
             axis.set_xticklabels([f'{b["bucket"]}\nn={b[count_key]}' for b in buckets])
@@ -81,8 +89,10 @@ def plot_recall_by_length(results: List[Dict], path: str) -> Optional[str]:
             axis.set_ylim(-2, 102)
             axis.set_title(f"{benchmark}: {title}")
             axis.grid(alpha=0.3)
-            axis.legend(fontsize="small")
-    figure.tight_layout()
+    # One legend for the figure, below the plots: per-axes legends of long checkpoint paths cover the data.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.tight_layout(rect=(0, 0.04 + 0.035 * len(labels) / len(benchmarks), 1, 1))
+    figure.legend(handles, labels, loc="lower center", fontsize="small", frameon=False)
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=100)
     plt.close(figure)
