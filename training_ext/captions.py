@@ -19,10 +19,9 @@ def first_sentence(text: str) -> str:
     short caption. A caption with no sentence end is returned whole.
     """
     text = clean_caption(text)
-    start = 0
     for match in _SENTENCE_END.finditer(text):
         candidate = text[: match.start()]
-        last_word = candidate[start:].rsplit(" ", 1)[-1].lower()
+        last_word = candidate.rsplit(" ", 1)[-1].lower()
         if last_word in _ABBREVIATIONS:
             continue
         return candidate
