@@ -1,0 +1,129 @@
+"""Checks that need a CUDA GPU; skipped on machines without one (CI's included).
+
+The RoPE tower must run on SDPA's fused kernels (flash, memory-efficient), not only the math fallback; bf16
+autocast must agree with fp32; both stages must train under amp_bf16, and under fp16 amp the GradScaler's state
+must survive a checkpoint and ``--resume latest``.
+"""
+import math
+import os
+from contextlib import contextmanager
+
+# cuBLAS reads this when it first starts: deterministic GEMM workspaces for the resume comparison below.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+import open_clip_ext  # noqa: F401
+from training_ext import main_context_finetune_rope, main_distill_rope
+from training_ext.params import parse_args
+from training_helpers import STUDENT, TEACHER, base_args, checkpoint_state, long_caption, save_stock_teacher, write_csv
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+def _gpu_args(argv, precision):
+    """The CPU tests' command lines moved to the GPU under another precision."""
+    argv = list(argv)
+    argv[argv.index("--device") + 1] = "cuda"
+    argv[argv.index("--precision") + 1] = precision
+    return argv
+
+
+def _captions(count=8):
+    return [long_caption(i, sentences=3 + 3 * (i % 4)) for i in range(count)]  # ~30 to ~200 tokens
+
+
+@pytest.mark.parametrize("backend", ["FLASH_ATTENTION", "EFFICIENT_ATTENTION"])
+def test_rope_tower_runs_on_fused_sdpa_kernels(backend):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = open_clip.create_model("ViT-B-16-rope-248", device=CUDA)
+    ids = open_clip.get_tokenizer("ViT-B-16-rope-248")(_captions()).to(CUDA)
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+        reference = model.encode_text(ids).float()
+    model.zero_grad(set_to_none=True)
+    # Restricting SDPA to one fused backend raises if the inputs (a mask, a layout) rule that backend out.
+    with sdpa_kernel([getattr(SDPBackend, backend)]), torch.autocast("cuda", dtype=torch.bfloat16):
+        fused = model.encode_text(ids)
+    fused.float().pow(2).sum().backward()
+    assert fused.dtype == torch.bfloat16
+    assert F.cosine_similarity(fused.float(), reference, dim=-1).min() > 0.999
+    grads = [p.grad for p in model.text.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", ["ViT-B-16-rope-248", "ViT-B-16-cope-248"])
+def test_bf16_autocast_agrees_with_fp32(name):
+    model = open_clip.create_model(name, device=CUDA).eval()
+    ids = open_clip.get_tokenizer(name)(_captions()).to(CUDA)
+    with torch.no_grad():
+        fp32 = model.encode_text(ids)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = model.encode_text(ids).float()
+    assert F.cosine_similarity(bf16, fp32, dim=-1).min() > 0.99
+
+
+def test_both_stages_train_under_amp_bf16(tmp_path):
+    teacher = save_stock_teacher(str(tmp_path / "teacher.pt"))
+    train = write_csv(str(tmp_path / "train"), rows=32)
+    stage1 = main_distill_rope.run(parse_args(_gpu_args(
+        ["--model", STUDENT, "--teacher-model", TEACHER, "--teacher-pretrained", teacher, "--pretrained", teacher]
+        + base_args(str(tmp_path / "logs"), "s1", train, batch_size=8, epochs=2), "amp_bf16"), stage="distill"))
+    assert next(stage1.model.parameters()).device.type == "cuda"
+    first_epoch = checkpoint_state(str(tmp_path / "logs" / "s1" / "checkpoints" / "epoch_1.pt"))["state_dict"]
+    student_checkpoint = str(tmp_path / "logs" / "s1" / "checkpoints" / "epoch_2.pt")
+    final = checkpoint_state(student_checkpoint)["state_dict"]
+    assert not torch.equal(first_epoch["text.token_embedding.weight"], final["text.token_embedding.weight"])
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+
+    stage2 = main_context_finetune_rope.run(parse_args(_gpu_args(
+        ["--model", STUDENT, "--pretrained", teacher, "--student-checkpoint", student_checkpoint]
+        + base_args(str(tmp_path / "logs"), "s2", train, batch_size=8), "amp_bf16"), stage="finetune"))
+    loaded = open_clip.create_model(STUDENT, pretrained=str(tmp_path / "logs" / "s2" / "checkpoints" / "epoch_1.pt"),
+                                    device=CUDA).eval()
+    stage2.model.eval()
+    ids = open_clip.get_tokenizer(STUDENT)(_captions(4)).to(CUDA)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_text(ids), stage2.model.encode_text(ids))
+
+
+@contextmanager
+def deterministic():
+    """Bit-reproducible CUDA runs: fused SDPA kernels accumulate in a varying order in backward (under Adam a
+    near-zero gradient of either sign moves a weight by a whole learning rate), so use the math kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_fp16_amp_scaler_state_survives_resume(tmp_path):
+    teacher = save_stock_teacher(str(tmp_path / "teacher.pt"))
+    train = write_csv(str(tmp_path / "train"), rows=16, images=False)
+
+    def argv(name, epochs):
+        # a constant schedule: the 1-epoch run must see the learning rates of the 2-epoch run's first epoch
+        return _gpu_args(["--model", STUDENT, "--teacher-model", TEACHER, "--teacher-pretrained", teacher,
+                          "--lr-scheduler", "const"]
+                         + base_args(str(tmp_path / "logs"), name, train, batch_size=4, epochs=epochs), "amp")
+
+    with deterministic():
+        main_distill_rope.run(parse_args(argv("run", 1), stage="distill"))
+        saved = checkpoint_state(str(tmp_path / "logs" / "run" / "checkpoints" / "epoch_1.pt"))
+        untouched = torch.amp.GradScaler("cuda").state_dict()
+        assert saved["scaler"] != untouched  # four steps either grew the tracker or changed the scale
+        resumed = main_distill_rope.run(parse_args(argv("run", 2) + ["--resume", "latest"], stage="distill"))
+        uninterrupted = main_distill_rope.run(parse_args(argv("ref", 2), stage="distill"))
+    assert resumed.scaler.state_dict() == uninterrupted.scaler.state_dict()
+    for key, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, uninterrupted.model.state_dict()[key], atol=1e-6, rtol=1e-5,
+                                   msg=lambda m: f"{key}: {m}")
+    assert math.isfinite(resumed.scaler.get_scale())
