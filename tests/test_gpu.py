@@ -25,14 +25,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA = torch.device("cuda")
 
 
-def _gpu_args(argv, precision):
-    """The CPU tests' command lines moved to the GPU under another precision."""
-    argv = list(argv)
-    argv[argv.index("--device") + 1] = "cuda"
-    argv[argv.index("--precision") + 1] = precision
-    return argv
-
-
 def _captions(count=8):
     return [long_caption(i, sentences=3 + 3 * (i % 4)) for i in range(count)]  # ~30 to ~200 tokens
 
@@ -70,9 +62,10 @@ def test_bf16_autocast_agrees_with_fp32(name):
 def test_both_stages_train_under_amp_bf16(tmp_path):
     teacher = save_stock_teacher(str(tmp_path / "teacher.pt"))
     train = write_csv(str(tmp_path / "train"), rows=32)
-    stage1 = main_distill_rope.run(parse_args(_gpu_args(
+    stage1 = main_distill_rope.run(parse_args(
         ["--model", STUDENT, "--teacher-model", TEACHER, "--teacher-pretrained", teacher, "--pretrained", teacher]
-        + base_args(str(tmp_path / "logs"), "s1", train, batch_size=8, epochs=2), "amp_bf16"), stage="distill"))
+        + base_args(str(tmp_path / "logs"), "s1", train, batch_size=8, epochs=2, device="cuda",
+                    precision="amp_bf16"), stage="distill"))
     assert next(stage1.model.parameters()).device.type == "cuda"
     first_epoch = checkpoint_state(str(tmp_path / "logs" / "s1" / "checkpoints" / "epoch_1.pt"))["state_dict"]
     student_checkpoint = str(tmp_path / "logs" / "s1" / "checkpoints" / "epoch_2.pt")
@@ -80,9 +73,10 @@ def test_both_stages_train_under_amp_bf16(tmp_path):
     assert not torch.equal(first_epoch["text.token_embedding.weight"], final["text.token_embedding.weight"])
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
 
-    stage2 = main_context_finetune_rope.run(parse_args(_gpu_args(
+    stage2 = main_context_finetune_rope.run(parse_args(
         ["--model", STUDENT, "--pretrained", teacher, "--student-checkpoint", student_checkpoint]
-        + base_args(str(tmp_path / "logs"), "s2", train, batch_size=8), "amp_bf16"), stage="finetune"))
+        + base_args(str(tmp_path / "logs"), "s2", train, batch_size=8, device="cuda", precision="amp_bf16"),
+        stage="finetune"))
     loaded = open_clip.create_model(STUDENT, pretrained=str(tmp_path / "logs" / "s2" / "checkpoints" / "epoch_1.pt"),
                                     device=CUDA).eval()
     stage2.model.eval()
@@ -111,9 +105,10 @@ def test_fp16_amp_scaler_state_survives_resume(tmp_path):
 
     def argv(name, epochs):
         # a constant schedule: the 1-epoch run must see the learning rates of the 2-epoch run's first epoch
-        return _gpu_args(["--model", STUDENT, "--teacher-model", TEACHER, "--teacher-pretrained", teacher,
-                          "--lr-scheduler", "const"]
-                         + base_args(str(tmp_path / "logs"), name, train, batch_size=4, epochs=epochs), "amp")
+        return (["--model", STUDENT, "--teacher-model", TEACHER, "--teacher-pretrained", teacher,
+                 "--lr-scheduler", "const"]
+                + base_args(str(tmp_path / "logs"), name, train, batch_size=4, epochs=epochs, device="cuda",
+                            precision="amp"))
 
     with deterministic():
         main_distill_rope.run(parse_args(argv("run", 1), stage="distill"))

@@ -48,9 +48,9 @@ def write_csv(folder: str, rows: int, images: bool = True, short_column: bool = 
 
 
 def base_args(logs: str, name: str, train: Optional[str] = None, batch_size: int = 4, epochs: int = 1,
-              extra: Optional[List[str]] = None) -> List[str]:
+              extra: Optional[List[str]] = None, device: str = "cpu", precision: str = "fp32") -> List[str]:
     argv = ["--logs", logs, "--name", name, "--batch-size", str(batch_size), "--epochs", str(epochs),
-            "--precision", "fp32", "--device", "cpu", "--workers", "0", "--lr", "1e-3", "--warmup", "1",
+            "--precision", precision, "--device", device, "--workers", "0", "--lr", "1e-3", "--warmup", "1",
             "--seed", "0", "--log-every-n-steps", "1"]
     if train:
         argv += ["--train-data", train, "--dataset-type", "csv"]
