@@ -10,7 +10,7 @@ from . import patches
 
 patches.apply()
 
-from .checkpoints import CheckpointError, convert_state_dict, read_checkpoint  # noqa: E402
+from .convert import CheckpointError, convert_state_dict, read_checkpoint  # noqa: E402
 from .configs import derive_config, register_variant, shipped_config_dir  # noqa: E402
 from .rope import RotaryEmbedding, dynamic_ntk_theta  # noqa: E402
 from .cope import CoPE  # noqa: E402

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import open_clip
-
-from . import patches
+import open_clip.pretrained
 
 RELATIVE_POSITION_TYPES = ("rope", "cope")
 POSITION_TYPES = RELATIVE_POSITION_TYPES + ("longclip", "uniform")
@@ -41,10 +40,6 @@ def shipped_config_dir() -> Path:
     package_dir = Path(__file__).resolve().parent
     installed = package_dir / "model_configs"
     return installed if installed.is_dir() else package_dir.parent / "model_configs"
-
-
-def is_relpos_text_cfg(text_cfg) -> bool:
-    return isinstance(text_cfg, dict) and text_cfg.get("pos_embed_type") in RELATIVE_POSITION_TYPES
 
 
 def is_ext_text_cfg(text_cfg) -> bool:
@@ -109,6 +104,18 @@ def split_variant_name(name: str):
     return match["base"], match["position"], int(match["context"])
 
 
+def register_model_config(name: str, cfg: dict) -> None:
+    """Add a config dict under ``name`` to open_clip's registry (a later rescan keeps it)."""
+    open_clip.factory._MODEL_CONFIGS[name] = deepcopy(cfg)
+
+
+def alias_pretrained_tags(name: str, base_name: str) -> None:
+    """Let ``create_model(name, pretrained=<tag of base>)`` find the base's weights."""
+    tags = open_clip.pretrained._PRETRAINED.get(base_name)
+    if tags and name not in open_clip.pretrained._PRETRAINED:
+        open_clip.pretrained._PRETRAINED[name] = tags
+
+
 def register_variant(base_name: str, position: str = "rope", context_length: int = 248,
                      name: Optional[str] = None, **position_options) -> str:
     """Derive and register a variant of a stock config; its pretrained tags are the base's.
@@ -118,8 +125,8 @@ def register_variant(base_name: str, position: str = "rope", context_length: int
     """
     cfg = derive_config(base_name, position, context_length, **position_options)
     name = name or variant_name(base_name, position, context_length)
-    patches.register_model_config(name, cfg)
-    patches.alias_pretrained_tags(name, base_name)
+    register_model_config(name, cfg)
+    alias_pretrained_tags(name, base_name)
     return name
 
 
@@ -130,4 +137,4 @@ def register_shipped_configs() -> None:
     for path in sorted(config_dir.glob("*.json")):
         parsed = split_variant_name(path.stem)
         if parsed:
-            patches.alias_pretrained_tags(path.stem, parsed[0])
+            alias_pretrained_tags(path.stem, parsed[0])

@@ -1,6 +1,7 @@
 """Long-CLIP's text tower: CLIP's learned absolute positions stretched from 77 to 248, the first 20 frozen.
 
-Long-CLIP (Zhang et al., ECCV 2024) keeps a stock CLIP text tower and only changes its position table:
+Long-CLIP (Zhang et al., ECCV 2024, arXiv 2403.15378; github.com/beichenzbc/Long-CLIP @ 3966af9a,
+model/longclip.py) keeps a stock CLIP text tower and only changes its position table:
 - positions 0..keep-1 (keep = 20) are the stock rows, unchanged; Long-CLIP found them well trained and keeps them
   fixed during fine-tuning;
 - the remaining stock rows are stretched over the rest of the new context by linear interpolation between

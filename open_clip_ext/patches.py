@@ -1,20 +1,19 @@
 """Every change this package makes to open_clip's internals, in one place, checked at import.
 
 open_clip has no plugin API for text towers or checkpoint converters, so four module-level names are wrapped
-(each wrapper hands anything that is not ours to the original unchanged), and two registries are extended:
+(each wrapper hands anything that is not ours to the original unchanged). This module only dispatches: what
+to build lives in towers.py, how to load in convert.py, and the registry entries (derived configs and their
+base's pretrained tags) are written by configs.py.
 
 - ``open_clip.model._build_text_tower``: builds a RoPE/CoPE/Long-CLIP tower for ``text_cfg.pos_embed_type``;
 - ``open_clip.factory.load_checkpoint``: converts stock / TULIP / own checkpoints onto our models;
 - ``open_clip.factory.create_model`` (and ``open_clip.create_model``): forces CustomTextCLIP for our configs,
   takes the activation from the pretrained tag (QuickGELU for OpenAI weights), names close matches for an
-  unknown model;
-- ``open_clip.factory._MODEL_CONFIGS`` and ``open_clip.pretrained._PRETRAINED``: derived configs and their
-  base's pretrained tags.
+  unknown model.
+Registries extended (by configs.py): ``open_clip.factory._MODEL_CONFIGS`` and ``open_clip.pretrained._PRETRAINED``.
 The open_clip range these were tested against is pinned in setup.cfg.
 """
 import logging
-import os
-from copy import deepcopy
 
 import open_clip
 import open_clip.factory
@@ -62,44 +61,28 @@ def check_open_clip() -> None:
         logging.warning(f"open_clip_ext was tested with open_clip_torch >=3.3,<3.4, found {open_clip_version()}")
 
 
-def _is_ours(model) -> bool:
-    """A model whose checkpoints this package converts (relative-position or Long-CLIP text tower)."""
-    from .longclip import LongCLIPTextTransformer
-    from .text_tower import RelPosTextTransformer
-    return isinstance(getattr(model, "text", None), (RelPosTextTransformer, LongCLIPTextTransformer))
+# Checked before the modules below import open_clip internals themselves, so a missing one is named here.
+check_open_clip()
+
+from .configs import is_ext_text_cfg, needs_custom_text, unknown_model_error  # noqa: E402
+from .convert import load_checkpoint_into, pretrained_uses_quick_gelu  # noqa: E402
+from .towers import build_ext_text_tower, is_ext_model  # noqa: E402
 
 
 def _build_text_tower(embed_dim, text_cfg, quick_gelu=False, cast_dtype=None):
-    from .configs import is_ext_text_cfg
-    from .factory import build_ext_text_tower
     if is_ext_text_cfg(text_cfg):
         return build_ext_text_tower(embed_dim, text_cfg, quick_gelu, cast_dtype)
     return _originals["_build_text_tower"](embed_dim, text_cfg, quick_gelu, cast_dtype)
 
 
 def _load_checkpoint(model, checkpoint_path, strict=True, weights_only=True, device="cpu"):
-    if _is_ours(model):
-        from .checkpoints import load_checkpoint_into
+    if is_ext_model(model):
         return load_checkpoint_into(model, checkpoint_path, strict=strict)
     return _originals["load_checkpoint"](model, checkpoint_path, strict=strict, weights_only=weights_only,
                                          device=device)
 
 
-def _pretrained_uses_quick_gelu(name: str, pretrained) -> bool:
-    """What the weights were trained with: the tag's config says, or the model_cfg saved in a checkpoint."""
-    if not pretrained:
-        return False
-    tag_cfg = open_clip.factory.get_pretrained_cfg(name, pretrained)
-    if tag_cfg:
-        return bool(tag_cfg.get("quick_gelu"))
-    if os.path.isfile(pretrained):
-        from .checkpoints import read_saved_model_cfg
-        return bool((read_saved_model_cfg(pretrained) or {}).get("quick_gelu"))
-    return False
-
-
 def _create_model(model_name, pretrained=None, **kwargs):
-    from .configs import is_ext_text_cfg, needs_custom_text, unknown_model_error
     schema, identifier = open_clip.factory.parse_model_name(model_name)
     if schema is None:
         name = identifier.replace("/", "-")
@@ -109,7 +92,7 @@ def _create_model(model_name, pretrained=None, **kwargs):
         if is_ext_text_cfg(cfg.get("text_cfg")):
             if needs_custom_text(cfg.get("text_cfg")):
                 kwargs.setdefault("force_custom_text", True)
-            if _pretrained_uses_quick_gelu(name, pretrained) and not cfg.get("quick_gelu") \
+            if pretrained_uses_quick_gelu(name, pretrained) and not cfg.get("quick_gelu") \
                     and not kwargs.get("force_quick_gelu"):
                 # A student initialised from a teacher must compute with the teacher's activation.
                 logging.info(f"{name}: pretrained '{pretrained}' was trained with QuickGELU; using QuickGELU")
@@ -117,23 +100,10 @@ def _create_model(model_name, pretrained=None, **kwargs):
     return _originals["create_model"](model_name, pretrained, **kwargs)
 
 
-def register_model_config(name: str, cfg: dict) -> None:
-    """Add a config dict under ``name`` (open_clip's registry; a later rescan keeps it)."""
-    open_clip.factory._MODEL_CONFIGS[name] = deepcopy(cfg)
-
-
-def alias_pretrained_tags(name: str, base_name: str) -> None:
-    """Let ``create_model(name, pretrained=<tag of base>)`` find the base's weights."""
-    tags = open_clip.pretrained._PRETRAINED.get(base_name)
-    if tags and name not in open_clip.pretrained._PRETRAINED:
-        open_clip.pretrained._PRETRAINED[name] = tags
-
-
 def apply() -> None:
     """Install the wrappers once (importing open_clip_ext twice, or reloading it, does not stack them)."""
     if _originals:
         return
-    check_open_clip()
     _originals["_build_text_tower"] = open_clip.model._build_text_tower
     _originals["load_checkpoint"] = open_clip.factory.load_checkpoint
     _originals["create_model"] = open_clip.factory.create_model

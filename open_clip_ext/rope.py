@@ -3,6 +3,9 @@
 Channel pairs (2i, 2i+1) of a head are one complex number rotated by angle ``position * theta**(-2i/d)``
 (the LLaMA convention), not the "rotate_half" convention that pairs channel i with i + d/2. The two give
 different embeddings for the same weights, so the convention is part of the checkpoint format.
+
+Sources: RoPE, arXiv 2104.09864; TULIP, arXiv 2410.10034, github.com/ivonajdenkoska/tulip @ 132c174f
+(its RoPE text transformer in open_clip/transformer.py); convention and NTK rule in docs/text_towers.md.
 """
 from typing import Optional
 

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from training_ext import eval as evaluation
-from training_ext.benchmarks import read_urban1k
-from training_ext.retrieval import recall_at_k
+from training_ext.eval import runner as evaluation
+from training_ext.eval.datasets import read_urban1k
+from training_ext.common.retrieval import recall_at_k
 
 WORDS = ("red blue green small large wooden metal dog cat car tree house river street window light shadow "
          "person child table chair sky cloud road sign door wall roof grass stone boat").split()
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(report, indent=2))
     if args.output:
-        from training_ext.file_io import write_json
+        from training_ext.common.file_io import write_json
         write_json(args.output, report)
     # batched and one-at-a-time encoding differ in float rounding; that may reorder a near-tie or two
     tolerance = 2 * 100.0 / args.pairs

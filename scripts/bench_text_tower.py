@@ -19,7 +19,7 @@ import torch
 from open_clip.transformer import TextTransformer
 
 import open_clip_ext  # noqa: F401
-from open_clip_ext.factory import build_relpos_text_tower
+from open_clip_ext.towers import build_relpos_text_tower
 
 
 def build_towers(base: str, context_length: int):

@@ -45,17 +45,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import open_clip_ext  # noqa: F401
-from training_ext.data import get_image_text_data, get_text_data
-from training_ext.distill import (
+from training_ext.data.loaders import get_image_text_data, get_text_data
+from training_ext.stages.distill import (
     StudentTextFeatures, TeacherTextFeatures, distillation_losses, freeze_all_but_text, make_distill_step,
 )
-from training_ext.finetune import ClipFeatures, clip_loss_for, finetune_losses, make_finetune_step
-from training_ext.optim import create_optimizer
-from training_ext.params import parse_args
-from training_ext.text_inputs import teacher_ids
+from training_ext.stages.finetune import ClipFeatures, clip_loss_for, finetune_losses, make_finetune_step
+from training_ext.engine.optim import create_optimizer
+from training_ext.engine.params import parse_args
+from training_ext.stages.text_inputs import teacher_ids
 
 _WORDS = ("a red wooden table stands next to the window while a small grey cat sleeps on a soft blue blanket "
           "and sunlight falls across the old tiled floor near two green plants in clay pots").split()
+
+# Benchmarks run fp32 or bf16 autocast: no loss scaling, as the trainer's disabled GradScaler.
+NO_SCALER = torch.amp.GradScaler(enabled=False)
 
 
 def write_fixture(folder: str, count: int, caption_words: int, image_size) -> str:
@@ -161,11 +164,11 @@ def stage1_runners(csv, opts, device):
     freeze_all_but_text(student)
     optimizer = create_optimizer(student, args)
     step_fn = make_distill_step(StudentTextFeatures(student), TeacherTextFeatures(teacher), {"cosine": 1.0},
-                                device, autocast_for(opts), None, distributed=False)
+                                device, autocast_for(opts), NO_SCALER, distributed=False)
 
     def ours(batch):
         optimizer.zero_grad(set_to_none=True)
-        step_fn([batch], where="bench")
+        step_fn([batch])
         optimizer.step()
 
     naive_student = open_clip.create_model(opts.student, device=device, output_dict=True)
@@ -197,11 +200,11 @@ def stage2_runners(csv, opts, device):
     optimizer = create_optimizer(model, args)
     clip_loss = clip_loss_for(args)
     features = ClipFeatures(model)
-    step_fn = make_finetune_step(features, features, clip_loss, 0.2, device, None, autocast_for(opts), None, False)
+    step_fn = make_finetune_step(features, features, clip_loss, 0.2, device, None, autocast_for(opts), NO_SCALER, False)
 
     def ours(batch):
         optimizer.zero_grad(set_to_none=True)
-        step_fn([batch], where="bench")
+        step_fn([batch])
         optimizer.step()
 
     naive_model = open_clip.create_model(opts.student, device=device, output_dict=True)
@@ -226,7 +229,7 @@ def stage2_runners(csv, opts, device):
 def stage1_cache_runners(csv, opts, device):
     """Stage 1 with the live teacher against stage 1 reading the teacher's embeddings from a cache."""
     import precompute_teacher_embeddings  # scripts/ is on sys.path when this script runs
-    from training_ext.teacher_cache import TeacherCache
+    from training_ext.data.teacher_cache import TeacherCache
 
     folder = os.path.dirname(csv)
     teacher_path = os.path.join(folder, "teacher.pt")
@@ -245,11 +248,11 @@ def stage1_cache_runners(csv, opts, device):
         optimizer = create_optimizer(student, args)  # both sides ours: only the teacher's work differs
         timed = None if cache else TimedTeacher(TeacherTextFeatures(teacher), device)
         step_fn = make_distill_step(StudentTextFeatures(student), timed, {"cosine": 1.0}, device,
-                                    autocast_for(opts), None, distributed=False)
+                                    autocast_for(opts), NO_SCALER, distributed=False)
 
         def step(batch, step_fn=step_fn, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
-            step_fn([batch], where="bench")
+            step_fn([batch])
             optimizer.step()
 
         loader = get_text_data(args, tokenizer, teacher_cache=cache).dataloader

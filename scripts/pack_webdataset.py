@@ -21,10 +21,10 @@ Examples:
 import argparse
 import os
 
-from training_ext.data_cli import add_progress_argument, add_shard_arguments, pack_from_args, report_list
-from training_ext.file_io import write_lines
-from training_ext.sources import (CAPTION_POLICIES, pair_folder, samples_from_coco, samples_from_csv,
-                                  samples_from_folder)
+from training_ext.prep.cli import add_progress_argument, add_shard_arguments, pack_from_args, report_list
+from training_ext.common.file_io import write_lines
+from training_ext.common.folder_pairs import pair_folder
+from training_ext.prep.sources import CAPTION_POLICIES, samples_from_coco, samples_from_csv, samples_from_folder
 
 
 def add_caption_policy_argument(parser: argparse.ArgumentParser) -> None:

@@ -24,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 import open_clip_ext  # noqa: F401  (registers this project's configs)
-from training_ext.keyed_captions import (KeyedCaption, caption_digest, caption_field_for, csv_captions,
+from training_ext.data.keyed_captions import (KeyedCaption, caption_digest, caption_field_for, csv_captions,
                                         folder_captions, tokenized_batches, webdataset_captions)
-from training_ext.teacher_cache import (CacheHeader, TeacherCacheError, TeacherCacheWriter, file_sha256,
+from training_ext.data.teacher_cache import (CacheHeader, TeacherCacheError, TeacherCacheWriter, file_sha256,
                                         teacher_checkpoint_file)
 
 DATASET_TYPES = ("auto", "csv", "webdataset", "folder")

@@ -15,10 +15,10 @@ import os
 
 from tqdm import tqdm
 
-from training_ext.data_cli import add_missing_argument, add_progress_argument, report_list
-from training_ext.dci import annotation_files, long_dci_pairs
-from training_ext.file_io import write_lines, write_tsv
-from training_ext.sources import check_images_exist, resolve_path
+from training_ext.prep.cli import add_missing_argument, add_progress_argument, report_list
+from training_ext.prep.dci import annotation_files, long_dci_pairs
+from training_ext.common.file_io import write_lines, write_tsv
+from training_ext.prep.sources import check_images_exist, resolve_path
 
 DCI_LONG_COLUMNS = ("filepath", "title")
 

@@ -15,11 +15,11 @@ import sys
 
 from tqdm import tqdm
 
-from training_ext.data_cli import (add_missing_argument, add_progress_argument, add_shard_arguments,
+from training_ext.prep.cli import (add_missing_argument, add_progress_argument, add_shard_arguments,
                                    pack_from_args, report_list)
-from training_ext.file_io import write_json, write_tsv
-from training_ext.sharegpt4v import load_json_list, parse_entries, split_validation
-from training_ext.sources import check_images_exist, make_sample, resolve_path, write_samples_csv
+from training_ext.common.file_io import write_json, write_tsv
+from training_ext.prep.sharegpt4v import load_json_list, parse_entries, split_validation
+from training_ext.prep.sources import check_images_exist, make_sample, resolve_path, write_samples_csv
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 import open_clip_ext  # noqa: F401
 from training_ext import main_context_finetune_rope, main_distill_rope
-from training_ext.params import parse_args
-from training_helpers import STUDENT, TEACHER, base_args, checkpoint_state, long_caption, save_stock_teacher, write_csv
+from support.training_helpers import STUDENT, TEACHER, base_args, checkpoint_state, long_caption, save_stock_teacher, write_csv
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -62,10 +61,10 @@ def test_bf16_autocast_agrees_with_fp32(name):
 def test_both_stages_train_under_amp_bf16(tmp_path):
     teacher = save_stock_teacher(str(tmp_path / "teacher.pt"))
     train = write_csv(str(tmp_path / "train"), rows=32)
-    stage1 = main_distill_rope.run(parse_args(
+    stage1 = main_distill_rope.run(main_distill_rope.parse_args(
         ["--model", STUDENT, "--teacher-model", TEACHER, "--teacher-pretrained", teacher, "--pretrained", teacher]
         + base_args(str(tmp_path / "logs"), "s1", train, batch_size=8, epochs=2, device="cuda",
-                    precision="amp_bf16"), stage="distill"))
+                    precision="amp_bf16")))
     assert next(stage1.model.parameters()).device.type == "cuda"
     first_epoch = checkpoint_state(str(tmp_path / "logs" / "s1" / "checkpoints" / "epoch_1.pt"))["state_dict"]
     student_checkpoint = str(tmp_path / "logs" / "s1" / "checkpoints" / "epoch_2.pt")
@@ -73,10 +72,9 @@ def test_both_stages_train_under_amp_bf16(tmp_path):
     assert not torch.equal(first_epoch["text.token_embedding.weight"], final["text.token_embedding.weight"])
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
 
-    stage2 = main_context_finetune_rope.run(parse_args(
+    stage2 = main_context_finetune_rope.run(main_context_finetune_rope.parse_args(
         ["--model", STUDENT, "--pretrained", teacher, "--student-checkpoint", student_checkpoint]
-        + base_args(str(tmp_path / "logs"), "s2", train, batch_size=8, device="cuda", precision="amp_bf16"),
-        stage="finetune"))
+        + base_args(str(tmp_path / "logs"), "s2", train, batch_size=8, device="cuda", precision="amp_bf16")))
     loaded = open_clip.create_model(STUDENT, pretrained=str(tmp_path / "logs" / "s2" / "checkpoints" / "epoch_1.pt"),
                                     device=CUDA).eval()
     stage2.model.eval()
@@ -111,12 +109,12 @@ def test_fp16_amp_scaler_state_survives_resume(tmp_path):
                             precision="amp"))
 
     with deterministic():
-        main_distill_rope.run(parse_args(argv("run", 1), stage="distill"))
+        main_distill_rope.run(main_distill_rope.parse_args(argv("run", 1)))
         saved = checkpoint_state(str(tmp_path / "logs" / "run" / "checkpoints" / "epoch_1.pt"))
         untouched = torch.amp.GradScaler("cuda").state_dict()
         assert saved["scaler"] != untouched  # four steps either grew the tracker or changed the scale
-        resumed = main_distill_rope.run(parse_args(argv("run", 2) + ["--resume", "latest"], stage="distill"))
-        uninterrupted = main_distill_rope.run(parse_args(argv("ref", 2), stage="distill"))
+        resumed = main_distill_rope.run(main_distill_rope.parse_args(argv("run", 2) + ["--resume", "latest"]))
+        uninterrupted = main_distill_rope.run(main_distill_rope.parse_args(argv("ref", 2)))
     assert resumed.scaler.state_dict() == uninterrupted.scaler.state_dict()
     for key, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, uninterrupted.model.state_dict()[key], atol=1e-6, rtol=1e-5,

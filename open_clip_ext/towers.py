@@ -1,0 +1,119 @@
+"""Text-tower builders: the towers open_clip's model constructors get for this package's ``pos_embed_type``s.
+
+open_clip's ``_build_text_tower`` builds a stock tower from a ``CLIPTextCfg``; ``build_ext_text_tower`` is its
+counterpart for RoPE / CoPE / Long-CLIP / uniform-interpolation configs (patches.py routes to it).
+"""
+from functools import partial
+from typing import Optional
+
+import open_clip.model
+import torch
+from torch import nn
+from open_clip.model import CLIPTextCfg
+from open_clip.transformer import LayerNorm, LayerNormFp32, QuickGELU
+
+from .configs import EXT_TEXT_KEYS
+from .longclip import LongCLIPTextTransformer
+from .text_tower import RelPosTextTransformer
+
+# Stock keys the relative-position tower honours; any other non-default stock key is refused, not ignored.
+_HONOURED = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
+             "pool_type", "eos_id", "proj_bias", "output_tokens", "act_kwargs", "norm_kwargs", "pad_id",
+             "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs", "proj_type"}
+
+
+def _stock_text_cfg(text_cfg: dict) -> CLIPTextCfg:
+    stock = CLIPTextCfg(**{k: v for k, v in text_cfg.items() if k not in EXT_TEXT_KEYS})
+    defaults = CLIPTextCfg()
+    ignored = [k for k in text_cfg if k not in EXT_TEXT_KEYS and k not in _HONOURED
+               and getattr(stock, k) != getattr(defaults, k)]
+    if ignored:
+        raise ValueError(f"text_cfg options {ignored} are not supported by the relative-position text tower")
+    return stock
+
+
+def _act_and_norm(stock: CLIPTextCfg, quick_gelu: bool, cast_dtype: Optional[torch.dtype]):
+    """Activation and norm layers as open_clip's own text-tower builder picks them."""
+    act_layer = QuickGELU if quick_gelu else nn.GELU
+    if stock.act_kwargs:
+        act_layer = partial(act_layer, **stock.act_kwargs)
+    norm_layer = LayerNormFp32 if cast_dtype in (torch.float16, torch.bfloat16) else LayerNorm
+    if stock.norm_kwargs:
+        norm_layer = partial(norm_layer, **stock.norm_kwargs)
+    return act_layer, norm_layer
+
+
+def build_relpos_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = False,
+                            cast_dtype: Optional[torch.dtype] = None) -> RelPosTextTransformer:
+    stock = _stock_text_cfg(text_cfg)
+    act_layer, norm_layer = _act_and_norm(stock, quick_gelu, cast_dtype)
+    position = text_cfg["pos_embed_type"]
+    options = {k: text_cfg[k] for k in EXT_TEXT_KEYS - {"pos_embed_type"} if k in text_cfg}
+    if position == "rope":
+        options = {k: v for k, v in options.items() if k.startswith("rope_")}
+    else:
+        options = {k: v for k, v in options.items() if k.startswith("cope_")}
+    return RelPosTextTransformer(
+        context_length=stock.context_length,
+        vocab_size=stock.vocab_size,
+        width=stock.width,
+        heads=stock.heads,
+        layers=stock.layers,
+        mlp_ratio=stock.mlp_ratio,
+        ls_init_value=stock.ls_init_value,
+        output_dim=None if stock.proj_type == "none" else embed_dim,
+        position=position,
+        pool_type=stock.pool_type,
+        eos_id=text_cfg.get("eos_id", 49407),
+        proj_bias=stock.proj_bias,
+        output_tokens=stock.output_tokens,
+        act_layer=act_layer,
+        norm_layer=norm_layer,
+        **options,
+    )
+
+
+def build_longclip_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = False,
+                              cast_dtype: Optional[torch.dtype] = None) -> LongCLIPTextTransformer:
+    """A stock text tower (every stock option honoured) with Long-CLIP's position tables."""
+    stock = CLIPTextCfg(**{k: v for k, v in text_cfg.items() if k not in EXT_TEXT_KEYS})
+    act_layer, norm_layer = _act_and_norm(stock, quick_gelu, cast_dtype)
+    return LongCLIPTextTransformer(
+        context_length=stock.context_length, vocab_size=stock.vocab_size, width=stock.width, heads=stock.heads,
+        layers=stock.layers, mlp_ratio=stock.mlp_ratio, ls_init_value=stock.ls_init_value, output_dim=embed_dim,
+        embed_cls=stock.embed_cls, no_causal_mask=stock.no_causal_mask, pad_id=stock.pad_id, eos_id=stock.eos_id,
+        pool_type=stock.pool_type, proj_type=stock.proj_type, proj_bias=stock.proj_bias,
+        output_tokens=stock.output_tokens, act_layer=act_layer, norm_layer=norm_layer,
+        block_type=stock.block_type, qk_norm=stock.qk_norm, scaled_cosine_attn=stock.scaled_cosine_attn,
+        scale_heads=stock.scale_heads, scale_attn_inner=stock.scale_attn_inner, scale_attn=stock.scale_attn,
+        scale_fc=stock.scale_fc,
+        keep_positions=text_cfg.get("longclip_keep_positions", 20),
+    )
+
+
+def build_uniform_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = False,
+                             cast_dtype: Optional[torch.dtype] = None):
+    """The stock tower: open_clip's loader resizes 77 learned positions uniformly (its resize_text_pos_embed)."""
+    stock_cfg = {k: v for k, v in text_cfg.items() if k not in EXT_TEXT_KEYS}
+    # Without pos_embed_type the (patched) builder hands the config to open_clip's own.
+    return open_clip.model._build_text_tower(embed_dim, stock_cfg, quick_gelu, cast_dtype)
+
+
+_TOWER_BUILDERS = {
+    "rope": build_relpos_text_tower,
+    "cope": build_relpos_text_tower,
+    "longclip": build_longclip_text_tower,
+    "uniform": build_uniform_text_tower,
+}
+
+
+def is_ext_model(model) -> bool:
+    """A CLIP whose text tower this package built with its own class (relative positions or Long-CLIP): its
+    checkpoints go through ``convert.load_checkpoint_into``."""
+    return isinstance(getattr(model, "text", None), (RelPosTextTransformer, LongCLIPTextTransformer))
+
+
+def build_ext_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = False,
+                         cast_dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """The tower for ``text_cfg.pos_embed_type`` (a key of _TOWER_BUILDERS)."""
+    return _TOWER_BUILDERS[text_cfg["pos_embed_type"]](embed_dim, text_cfg, quick_gelu, cast_dtype)

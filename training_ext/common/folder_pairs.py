@@ -1,0 +1,86 @@
+"""Pairing a train-CLIP style folder: ``a/b/x.jpg`` with an ``x.txt`` anywhere under the same root.
+
+Shared by folder-dataset training (training_ext.data.folder) and data preparation (training_ext.prep.sources),
+so both read a folder by the same rule.
+"""
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+from training_ext.common.captions import clean_caption
+
+# The image types open_clip_train's webdataset pipeline decodes ("jpg;png;jpeg;webp") plus a few that the
+# shard writer re-encodes to PNG.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+TEXT_EXTENSION = ".txt"
+
+
+@dataclass
+class FolderPairs:
+    """The result of pairing a folder: (image, caption file) pairs and what could not be paired."""
+    root: str
+    pairs: List[Tuple[str, str]]
+    orphan_images: List[str]  # images with no caption file of the same stem
+    orphan_texts: List[str]   # caption files that no image claimed
+
+
+def _stem(filename: str) -> str:
+    return os.path.splitext(filename)[0]
+
+
+def _walk_files(root: str, progress: bool) -> Tuple[List[str], List[str]]:
+    """All image and caption files under root (sorted, so that pairing is deterministic)."""
+    from tqdm import tqdm
+
+    images, texts = [], []
+    with tqdm(desc=f"scanning {root}", unit=" files", disable=not progress) as bar:
+        for folder, subfolders, files in os.walk(root):
+            subfolders.sort()
+            for name in files:
+                extension = os.path.splitext(name)[1].lower()
+                if extension in IMAGE_EXTENSIONS:
+                    images.append(os.path.join(folder, name))
+                elif extension == TEXT_EXTENSION:
+                    texts.append(os.path.join(folder, name))
+            bar.update(len(files))
+    return sorted(images), sorted(texts)
+
+
+def pair_folder(root: str, progress: bool = False) -> FolderPairs:
+    """Pair every image under `root` with its caption file.
+
+    Rule: `x.txt` in the image's own folder wins; otherwise the one `x.txt` anywhere under root. Several
+    `x.txt` elsewhere and none beside the image is ambiguous and raises (naming them), rather than
+    guessing. One caption file may serve several images of the same stem.
+    """
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"folder dataset root {root} is not a directory")
+    images, texts = _walk_files(root, progress)
+    texts_by_stem: Dict[str, List[str]] = {}
+    for text in texts:
+        texts_by_stem.setdefault(_stem(os.path.basename(text)), []).append(text)
+
+    pairs, orphan_images, claimed = [], [], set()
+    for image in images:
+        candidates = texts_by_stem.get(_stem(os.path.basename(image)), [])
+        beside = os.path.splitext(image)[0] + TEXT_EXTENSION
+        if beside in candidates:
+            text = beside
+        elif len(candidates) == 1:
+            text = candidates[0]
+        elif not candidates:
+            orphan_images.append(image)
+            continue
+        else:
+            raise ValueError(f"{image}: ambiguous caption file, candidates {candidates}")
+        pairs.append((image, text))
+        claimed.add(text)
+    orphan_texts = [text for text in texts if text not in claimed]
+    return FolderPairs(root=root, pairs=pairs, orphan_images=orphan_images, orphan_texts=orphan_texts)
+
+
+def read_caption_lines(text_path: str) -> List[str]:
+    """The non-empty lines of a caption file, each cleaned."""
+    with open(text_path, encoding="utf-8") as handle:
+        return [clean_caption(line) for line in handle if clean_caption(line)]

@@ -1,0 +1,169 @@
+"""Captions of a training set with a stable key per sample: what a teacher cache is indexed by.
+
+The precompute command and stage 1 read the same data through these keys, so a cached embedding is found
+again for the sample it was computed from:
+- CSV: ``row<N>``, N the 0-based data row (the source id data preparation gives CSV rows too);
+- webdataset: the sample's ``__key__`` (the member name up to the first dot of its file name);
+- folder: ``<image path relative to the root, without extension>#<line>``, one record per caption line, so a
+  run that draws a random line per epoch finds every line cached.
+Each record also carries the cleaned long caption; its digest is stored in the cache and checked at training
+time, which catches a cache built from another file, column or caption rule.
+"""
+import hashlib
+import itertools
+import multiprocessing
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import Iterable, Iterator, List, Optional
+
+from training_ext.common.captions import clean_caption, first_sentence
+
+
+@dataclass(frozen=True)
+class KeyedCaption:
+    key: str
+    caption: str        # the long caption, cleaned as training reads it
+    short_caption: str  # the given short caption, or the long caption's first sentence
+
+
+def caption_digest(caption: str) -> str:
+    """A short fingerprint of a cleaned caption (stored per cache row, compared when training reads it)."""
+    return hashlib.sha1(clean_caption(caption).encode("utf-8")).hexdigest()[:16]
+
+
+def keyed_caption(key: str, caption: str, short_caption: Optional[str] = None) -> KeyedCaption:
+    caption = clean_caption(caption)
+    short = clean_caption(short_caption or "") or first_sentence(caption)
+    return KeyedCaption(key, caption, short)
+
+
+def caption_field_for(dataset_type: str, csv_caption_key: str) -> str:
+    """What a cache records as its caption field: the CSV column, webdataset's ``txt``, or a folder's ``line``."""
+    return {"csv": csv_caption_key, "webdataset": "txt", "folder": "line"}[dataset_type]
+
+
+def csv_row_key(row: int) -> str:
+    """The key of a CSV's 0-based data row: a teacher cache's row key and data preparation's source id alike."""
+    return f"row{row}"
+
+
+def folder_line_key(root: str, image_path: str, line: int) -> str:
+    relative = os.path.splitext(os.path.relpath(image_path, root))[0].replace(os.sep, "/")
+    return f"{relative}#{line}"
+
+
+# ------------------------------------------------------------------------------------------------- CSV
+
+def csv_captions(path: str, caption_key: str = "title", short_caption_key: Optional[str] = None,
+                 separator: str = "\t") -> List[KeyedCaption]:
+    """Every data row of an open_clip CSV (only the caption columns are read)."""
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
+    for key in (caption_key, short_caption_key):
+        if key is not None and key not in frame.columns:
+            raise KeyError(f"{path}: no column {key!r} (columns: {', '.join(map(str, frame.columns))})")
+    shorts = frame[short_caption_key].tolist() if short_caption_key else [None] * len(frame)
+    records = []
+    for row, (caption, short) in enumerate(zip(frame[caption_key].tolist(), shorts)):
+        if not clean_caption(caption):
+            raise ValueError(f"{path}: row {row} has an empty caption in column {caption_key!r}")
+        records.append(keyed_caption(csv_row_key(row), caption, short))
+    return records
+
+
+# ------------------------------------------------------------------------------------------ webdataset
+
+def _split_member_name(name: str):
+    """webdataset's rule: key = path up to the first dot of the file name, extension = the rest."""
+    folder, _, filename = name.rpartition("/")
+    stem, dot, extension = filename.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), (extension if dot else "")
+
+
+def _tar_text_members(url: str, wanted: set) -> Iterator[tuple]:
+    """(key, extension, text) for the wanted text members of one shard; image bytes are skipped unread."""
+    if os.path.isfile(url):
+        archive = tarfile.open(url, mode="r:*")  # seekable: skipped members are never read
+    else:
+        from webdataset import gopen
+        archive = tarfile.open(fileobj=gopen(url, "rb"), mode="r|*")  # pipe: / http(s): streams
+    with archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            key, extension = _split_member_name(member.name)
+            if extension in wanted:
+                yield key, extension, archive.extractfile(member).read().decode("utf-8")
+
+
+def webdataset_captions(urls: str, short_caption_key: Optional[str] = None) -> Iterator[KeyedCaption]:
+    """The samples of brace-expanded shards, in shard order; a sample without a ``txt`` member is skipped, as
+    training skips it."""
+    from open_clip_train.data import expand_urls
+
+    wanted = {"txt"} | ({short_caption_key} if short_caption_key else set())
+    for url in expand_urls(urls)[0]:
+        current, fields = None, {}
+        for key, extension, text in _tar_text_members(url, wanted):
+            if key != current:
+                if current is not None and "txt" in fields:
+                    yield keyed_caption(current, fields["txt"], fields.get(short_caption_key))
+                current, fields = key, {}
+            fields[extension] = text
+        if current is not None and "txt" in fields:
+            yield keyed_caption(current, fields["txt"], fields.get(short_caption_key))
+
+
+# ---------------------------------------------------------------------------------------------- folder
+
+def folder_captions(root: str, progress: bool = False) -> List[KeyedCaption]:
+    """One record per caption line of every image/caption-file pair under ``root``."""
+    from training_ext.common.folder_pairs import pair_folder, read_caption_lines
+
+    pairs = pair_folder(root, progress=progress)
+    records = []
+    for image, text in pairs.pairs:
+        for line, caption in enumerate(read_caption_lines(text)):
+            records.append(keyed_caption(folder_line_key(pairs.root, image, line), caption))
+    return records
+
+
+# ------------------------------------------------------------------------------------------ tokenizing
+
+def batches(records: Iterable[KeyedCaption], size: int) -> Iterator[List[KeyedCaption]]:
+    records = iter(records)
+    while True:
+        batch = list(itertools.islice(records, size))
+        if not batch:
+            return
+        yield batch
+
+
+_tokenizer = None
+
+
+def _start_tokenizer(model_name: str, cache_dir) -> None:
+    global _tokenizer
+    import open_clip
+    import open_clip_ext  # noqa: F401  (a spawned worker registers the configs itself)
+    _tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+
+
+def _tokenize_batch(batch: List[KeyedCaption]):
+    return batch, _tokenizer([r.caption for r in batch]), _tokenizer([r.short_caption for r in batch])
+
+
+def tokenized_batches(records: Iterable[KeyedCaption], model_name: str, batch_size: int, workers: int = 0,
+                      cache_dir=None) -> Iterator[tuple]:
+    """(records, long ids, short ids) in data order, tokenized for ``model_name``; with ``workers`` > 0 by a
+    process pool running ahead (tokenizing costs about 0.5 ms per long caption)."""
+    if workers <= 0:
+        _start_tokenizer(model_name, cache_dir)
+        yield from map(_tokenize_batch, batches(records, batch_size))
+        return
+    with multiprocessing.Pool(workers, initializer=_start_tokenizer, initargs=(model_name, cache_dir)) as pool:
+        yield from pool.imap(_tokenize_batch, batches(records, batch_size))

@@ -1,0 +1,270 @@
+"""Precomputed teacher text embeddings (LLM2CLIP-style): an on-disk cache keyed by sample.
+
+A cache is a folder:
+- ``header.json``: what made the embeddings (``teacher``, ``teacher_pretrained``, ``checkpoint_sha256``,
+  ``tokenizer_context_length``), their ``embedding_width``, the data they index (``dataset_type``, ``dataset``,
+  ``caption_field``, ``short_caption_field``), ``rows`` written so far and ``complete``;
+- ``long.f32`` and ``short.f32``: raw little-endian float32 arrays of shape (rows, embedding_width), row i for
+  the i-th line of ``index.tsv``, read through ``numpy.memmap``; the teacher's projected, unnormalised text
+  features of the long and of the short caption;
+- ``index.tsv``: ``key<TAB>caption digest`` a line (see keyed_captions).
+
+Any model can fill one (an LLM text encoder of another width, say) through ``TeacherCacheWriter``. Writing is
+append-only and resumable: rows are appended and flushed, then the header's ``rows`` is replaced atomically;
+that header count is the commit point, anything after it is cut off when the writer reopens the folder.
+"""
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from training_ext.common.file_io import read_json_or, write_json
+
+FORMAT = "open_clip_ext-teacher-cache"
+VERSION = 1
+HEADER_FILE = "header.json"
+INDEX_FILE = "index.tsv"
+FIELDS = ("long", "short")
+# Header entries that define what the cached numbers are; a resumed write must agree on all of them.
+IDENTITY_KEYS = ("teacher", "teacher_pretrained", "checkpoint_sha256", "tokenizer_context_length",
+                 "embedding_width", "dataset_type", "dataset", "caption_field", "short_caption_field")
+
+
+class TeacherCacheError(RuntimeError):
+    """A cache that is unreadable, incomplete, or does not belong to the run; the message says which."""
+
+
+def file_sha256(path: str, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def teacher_checkpoint_file(model: str, pretrained: str, cache_dir=None) -> str:
+    """The file behind a pretrained tag or path: its sha256 identifies the teacher's weights."""
+    import open_clip
+
+    if os.path.isfile(pretrained):
+        return pretrained
+    tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not tag_cfg:
+        raise TeacherCacheError(f"teacher weights {pretrained!r} are neither a file nor a pretrained tag of {model} "
+                                f"(tags: {open_clip.list_pretrained_tags_by_model(model)})")
+    return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+
+
+@dataclass
+class CacheHeader:
+    teacher: str
+    checkpoint_sha256: str
+    tokenizer_context_length: int
+    embedding_width: int
+    dataset_type: str
+    dataset: str
+    caption_field: str
+    short_caption_field: Optional[str] = None  # None: the short caption is the long caption's first sentence
+    teacher_pretrained: Optional[str] = None
+    rows: int = 0
+    complete: bool = False
+    extra: dict = field(default_factory=dict)  # free-form notes (e.g. how an external model pooled)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "dtype": "float32", "fields": list(FIELDS),
+                **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str) -> "CacheHeader":
+        if data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise TeacherCacheError(f"{where}: not a teacher cache of format {FORMAT} version {VERSION} "
+                                    f"(found format={data.get('format')!r}, version={data.get('version')!r})")
+        missing = [k for k in ("teacher", "checkpoint_sha256", "tokenizer_context_length", "embedding_width",
+                               "dataset_type", "dataset", "caption_field") if k not in data]
+        if missing:
+            raise TeacherCacheError(f"{where}: header lacks {missing}")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def identity(self) -> dict:
+        return {k: getattr(self, k) for k in IDENTITY_KEYS}
+
+
+def read_header(path: str) -> CacheHeader:
+    header_path = os.path.join(path, HEADER_FILE)
+    data = read_json_or(header_path, None)
+    if data is None:
+        raise TeacherCacheError(f"{path}: no {HEADER_FILE}; not a teacher cache folder")
+    return CacheHeader.from_json(data, header_path)
+
+
+def _data_path(path: str, name: str) -> str:
+    return os.path.join(path, f"{name}.f32")
+
+
+def _truncate(file_path: str, size: int) -> None:
+    with open(file_path, "ab") as handle:
+        handle.truncate(size)
+
+
+class TeacherCacheWriter:
+    """Appends (key, caption digest, long embedding, short embedding) rows; reopening resumes.
+
+    >>> writer = TeacherCacheWriter(folder, header)       # header.rows / complete are managed here
+    >>> writer.append(keys, digests, long_features, short_features)
+    >>> writer.finish()
+    """
+
+    def __init__(self, path: str, header: CacheHeader):
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        existing = read_json_or(os.path.join(path, HEADER_FILE), None)
+        if existing is None:
+            header.rows, header.complete = 0, False
+            self.header = header
+            for name in FIELDS:
+                _truncate(_data_path(path, name), 0)
+            _truncate(os.path.join(path, INDEX_FILE), 0)
+            write_json(os.path.join(path, HEADER_FILE), header.to_json())
+        else:
+            self.header = CacheHeader.from_json(existing, os.path.join(path, HEADER_FILE))
+            differing = {k: (v, getattr(header, k)) for k, v in self.header.identity().items()
+                         if v != getattr(header, k)}
+            if differing:
+                listing = "; ".join(f"{k}: cached {old!r}, now {new!r}" for k, (old, new) in differing.items())
+                raise TeacherCacheError(f"{path} holds a cache made differently ({listing}); remove the folder "
+                                        f"or choose another output folder")
+            self._cut_to_committed_rows()
+        self.keys_done = self._read_index_keys()
+
+    @property
+    def rows(self) -> int:
+        return self.header.rows
+
+    def _cut_to_committed_rows(self) -> None:
+        """Drop whatever an interrupted write appended after the last committed header."""
+        row_bytes = 4 * self.header.embedding_width
+        for name in FIELDS:
+            data_path = _data_path(self.path, name)
+            size = os.path.getsize(data_path) if os.path.exists(data_path) else 0
+            if size < self.header.rows * row_bytes:
+                raise TeacherCacheError(f"{data_path}: {size} bytes, fewer than the {self.header.rows} committed "
+                                        f"rows need; the cache is damaged, remove the folder and start again")
+            _truncate(data_path, self.header.rows * row_bytes)
+        index_path = os.path.join(self.path, INDEX_FILE)
+        with open(index_path, "rb") as handle:
+            lines = handle.read().split(b"\n")[: self.header.rows]
+        with open(index_path, "wb") as handle:
+            handle.write(b"".join(line + b"\n" for line in lines))
+
+    def _read_index_keys(self) -> List[str]:
+        with open(os.path.join(self.path, INDEX_FILE), encoding="utf-8") as handle:
+            return [line.split("\t", 1)[0] for line in handle.read().splitlines()]
+
+    def append(self, keys: Sequence[str], digests: Sequence[str], long: torch.Tensor, short: torch.Tensor) -> None:
+        width = self.header.embedding_width
+        for name, tensor in (("long", long), ("short", short)):
+            if tuple(tensor.shape) != (len(keys), width):
+                raise ValueError(f"{name} embeddings have shape {tuple(tensor.shape)}, expected ({len(keys)}, {width})")
+        bad = [k for k in keys if "\t" in k or "\n" in k]
+        if bad:
+            raise ValueError(f"sample keys may not hold tabs or newlines: {bad[:3]}")
+        for name, tensor in (("long", long), ("short", short)):
+            array = tensor.detach().to("cpu", torch.float32).numpy().astype("<f4", copy=False)
+            with open(_data_path(self.path, name), "ab") as handle:
+                handle.write(array.tobytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+        with open(os.path.join(self.path, INDEX_FILE), "a", encoding="utf-8") as handle:
+            handle.writelines(f"{k}\t{d}\n" for k, d in zip(keys, digests))
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.header.rows += len(keys)
+        self.keys_done.extend(keys)
+        write_json(os.path.join(self.path, HEADER_FILE), self.header.to_json())  # the commit point
+
+    def finish(self) -> None:
+        duplicates = len(self.keys_done) - len(set(self.keys_done))
+        if duplicates:
+            raise TeacherCacheError(f"{self.path}: {duplicates} sample key(s) occur more than once; keys must be "
+                                    f"unique per sample")
+        self.header.complete = True
+        write_json(os.path.join(self.path, HEADER_FILE), self.header.to_json())
+
+
+class TeacherCache:
+    """Read side: embeddings by sample key, memory-mapped (opened lazily in each DataLoader worker)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.header = read_header(path)
+        if not self.header.complete:
+            raise TeacherCacheError(f"{path}: incomplete cache ({self.header.rows} rows written); finish it by "
+                                    f"re-running scripts/precompute_teacher_embeddings.py with the same arguments")
+        expected = self.header.rows * 4 * self.header.embedding_width
+        for name in FIELDS:
+            size = os.path.getsize(_data_path(path, name)) if os.path.exists(_data_path(path, name)) else None
+            if size != expected:
+                raise TeacherCacheError(f"{_data_path(path, name)}: {size} bytes, expected {expected} "
+                                        f"({self.header.rows} rows x {self.header.embedding_width} float32)")
+        self.row_of: Dict[str, int] = {}
+        self.digests: List[str] = []
+        with open(os.path.join(path, INDEX_FILE), encoding="utf-8") as handle:
+            for row, line in enumerate(handle.read().splitlines()):
+                key, _, digest = line.partition("\t")
+                self.row_of[key] = row
+                self.digests.append(digest)
+        if len(self.digests) != self.header.rows:
+            raise TeacherCacheError(f"{path}/{INDEX_FILE}: {len(self.digests)} lines for {self.header.rows} rows")
+        self._arrays = {}
+
+    @property
+    def width(self) -> int:
+        return self.header.embedding_width
+
+    def __len__(self):
+        return self.header.rows
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": {}}  # workers reopen the memory maps instead of copying the data
+
+    def _array(self, name: str) -> np.memmap:
+        if name not in self._arrays:
+            self._arrays[name] = np.memmap(_data_path(self.path, name), dtype="<f4", mode="r",
+                                           shape=(self.header.rows, self.header.embedding_width))
+        return self._arrays[name]
+
+    def row(self, key: str, caption: Optional[str] = None) -> int:
+        """The row of ``key``; with ``caption``, also check that the cache was computed from that caption."""
+        from training_ext.data.keyed_captions import caption_digest
+
+        row = self.row_of.get(key)
+        if row is None:
+            raise TeacherCacheError(f"{self.path}: no cached embedding for sample key {key!r} (the cache indexes "
+                                    f"{self.header.dataset_type} {self.header.dataset}); precompute it for this "
+                                    f"training set")
+        if caption is not None and caption_digest(caption) != self.digests[row]:
+            raise TeacherCacheError(f"{self.path}: sample {key!r} has another caption than the one cached (cache "
+                                    f"made from {self.header.dataset}, column {self.header.caption_field!r})")
+        return row
+
+    def embeddings(self, rows: Iterable[int], name: str = "long") -> torch.Tensor:
+        rows = list(rows)
+        return torch.from_numpy(np.array(self._array(name)[rows], dtype=np.float32))
+
+
+def check_cache_matches(header: CacheHeader, where: str, teacher: Optional[str] = None,
+                        checkpoint_sha256: Optional[str] = None, tokenizer_context_length: Optional[int] = None,
+                        dataset_type: Optional[str] = None, caption_field: Optional[str] = None) -> None:
+    """Refuse a cache made by another teacher, weights, tokenizer length, data kind or caption field (the ones
+    given are checked)."""
+    wanted = {"teacher": teacher, "checkpoint_sha256": checkpoint_sha256,
+              "tokenizer_context_length": tokenizer_context_length, "dataset_type": dataset_type,
+              "caption_field": caption_field}
+    differing = [f"{k}: cache has {getattr(header, k)!r}, this run {v!r}" for k, v in wanted.items()
+                 if v is not None and getattr(header, k) != v]
+    if differing:
+        raise TeacherCacheError(f"{where} does not match this run: {'; '.join(differing)}. Precompute a cache "
+                                f"for this teacher and data (scripts/precompute_teacher_embeddings.py)")
