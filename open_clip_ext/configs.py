@@ -8,6 +8,13 @@ what lets the base's pretrained weights initialise the variant.
 Two absolute-position variants are derived the same way, for comparison: "longclip" (Long-CLIP's stretched
 table with frozen leading rows, see longclip.py; custom text tower) and "uniform" (a stock CLIP whose 77 learned
 positions open_clip itself resizes uniformly on load, i.e. ``force_context_length``; stock CLIP class).
+
+Activation per tower: open_clip has one model-level ``quick_gelu`` for both towers. A tower config may carry its
+own ``quick_gelu`` (``vision_cfg.quick_gelu``, ``text_cfg.quick_gelu``), which wins over the model-level flag for
+that tower; patches.py strips the key before open_clip's tower configs (which reject unknown keys) see it.
+TULIP's released weights need it: its stage 2 built the CLIP with open_clip's OpenAI loader (QuickGELU) and
+swapped in a GELU RoPE/CoPE student (github.com/ivonajdenkoska/tulip @ 132c174f,
+open_clip/training/main_context_finetune_rope.py), so they hold a QuickGELU image tower and a GELU text tower.
 """
 import difflib
 import re
@@ -30,6 +37,12 @@ POSITION_DEFAULTS = {
     "uniform": {},
 }
 EXT_TEXT_KEYS = {"pos_embed_type"} | {k for d in POSITION_DEFAULTS.values() for k in d}
+# Per-tower activation key (in vision_cfg / text_cfg), named like open_clip's model-level flag.
+TOWER_ACTIVATION_KEY = "quick_gelu"
+TOWER_CONFIG_KEYS = ("vision_cfg", "text_cfg")
+# TULIP's released checkpoints evaluated the way its eval_tulip.py run with --pretrained=<file> does (GELU image
+# tower): docs/checkpoints.md.
+TULIP_EVAL_SCRIPT_SUFFIX = "-evalscript"
 _VARIANT_NAME = re.compile(rf"^(?P<base>.+)-(?P<position>{'|'.join(POSITION_TYPES)})-(?P<context>\d+)$")
 # Stock text-tower options that a relative-position tower does not reproduce.
 _UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "no_causal_mask": False, "cls_emb": None}
@@ -90,6 +103,54 @@ def derive_config(base, position: str = "rope", context_length: int = 248, **pos
     text_cfg["pos_embed_type"] = position
     text_cfg.update({**POSITION_DEFAULTS[position], **position_options})
     return cfg
+
+
+def tower_quick_gelu(cfg: dict, tower_key: str) -> bool:
+    """Whether the tower ``tower_key`` ("vision_cfg" or "text_cfg") of model config ``cfg`` computes with
+    QuickGELU: the tower's own ``quick_gelu`` if it has one, else the model-level ``quick_gelu`` (default False)."""
+    own = (cfg.get(tower_key) or {}).get(TOWER_ACTIVATION_KEY)
+    return bool(cfg.get("quick_gelu", False) if own is None else own)
+
+
+def gelu_pinned_towers(cfg: dict):
+    """The tower config keys of ``cfg`` whose own ``quick_gelu`` is False (the model-level flag cannot change them)."""
+    return [key for key in TOWER_CONFIG_KEYS if (cfg.get(key) or {}).get(TOWER_ACTIVATION_KEY) is False]
+
+
+def split_tower_activation(tower_cfg, model_quick_gelu: bool):
+    """(tower config without its ``quick_gelu`` key, the QuickGELU flag the tower is built with).
+
+    ``tower_cfg`` is a dict or an open_clip ``CLIPVisionCfg`` / ``CLIPTextCfg`` (which cannot hold the key and is
+    returned unchanged); the dict passed in is not modified."""
+    if not isinstance(tower_cfg, dict) or TOWER_ACTIVATION_KEY not in tower_cfg:
+        return tower_cfg, bool(model_quick_gelu)
+    tower_cfg = dict(tower_cfg)
+    own = tower_cfg.pop(TOWER_ACTIVATION_KEY)
+    return tower_cfg, bool(model_quick_gelu if own is None else own)
+
+
+def with_tower_activations(cfg: dict, vision_quick_gelu: bool, text_quick_gelu: bool) -> dict:
+    """A copy of ``cfg`` whose towers each name their activation (the model-level ``quick_gelu`` is dropped:
+    it would no longer decide anything)."""
+    cfg = deepcopy(cfg)
+    cfg.pop("quick_gelu", None)
+    cfg["vision_cfg"][TOWER_ACTIVATION_KEY] = bool(vision_quick_gelu)
+    cfg["text_cfg"][TOWER_ACTIVATION_KEY] = bool(text_quick_gelu)
+    return cfg
+
+
+def tulip_release_config(base, position: str, context_length: int = 248, eval_script: bool = False) -> dict:
+    """The config of TULIP's released weights for ``base`` (a registered name or config dict).
+
+    As trained (default): QuickGELU image tower (stage 2 loaded the CLIP through open_clip's OpenAI loader),
+    GELU text tower (TULIP's RoPE/CoPE student classes default to ``nn.GELU``), TULIP's CoPE choices, RoPE theta
+    10000 without NTK rescaling (what eval_tulip.py runs). ``eval_script=True``: GELU image tower too, as
+    eval_tulip.py computes when its ``--pretrained`` is a checkpoint file (it builds the image tower from the
+    stock config, whose activation is GELU, and loads the released image weights into it).
+    Source: github.com/ivonajdenkoska/tulip @ 132c174f, open_clip/training/main_context_finetune_rope.py and
+    eval_tulip.py; docs/checkpoints.md."""
+    cfg = derive_config(base, position, context_length)
+    return with_tower_activations(cfg, vision_quick_gelu=not eval_script, text_quick_gelu=False)
 
 
 def variant_name(base_name: str, position: str, context_length: int) -> str:

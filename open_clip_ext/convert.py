@@ -5,7 +5,9 @@ and Long-CLIP models (the layouts are described in docs/checkpoints.md). Accepte
 - stock open_clip / OpenAI CLIP weights (77 learned positions, flat or ``text.``-prefixed keys): every tensor is
   taken except ``positional_embedding``; CoPE-only tensors keep their fresh initialisation;
 - TULIP's released checkpoints: a stock-layout state_dict under ``state_dict`` with ``module.`` prefixes and an
-  unused ``positional_embedding``;
+  unused ``positional_embedding``; their image tower was trained with QuickGELU and their text tower with GELU
+  (the ``TULIP-*`` configs say so per tower), and their CoPE tables are as long as TULIP's stage-2
+  ``--extended-context-length`` (a length other than the model's is refused naming ``force_context_length``);
 - this project's own checkpoints: full model, or text tower only (``text.*`` keys), optionally with the
   ``model_cfg`` they were trained with, whose position settings must match the model being loaded;
 - onto a Long-CLIP tower: Long-CLIP's released checkpoints (OpenAI-style keys with ``positional_embedding`` and
@@ -25,7 +27,7 @@ from open_clip.transformer import QuickGELU
 
 import open_clip.factory
 
-from .configs import POSITION_DEFAULTS
+from .configs import POSITION_DEFAULTS, TOWER_CONFIG_KEYS, tower_quick_gelu
 from .longclip import LongCLIPTextTransformer, stretch_positions
 from .state_dicts import is_vision_key, strip_module_prefix
 
@@ -146,6 +148,7 @@ def convert_state_dict(model, state_dict: Dict[str, torch.Tensor], path="<state_
     tolerated = [k for k in missing if k in fresh or (text_only and not k.startswith("text."))]
     missing = sorted(set(missing) - set(tolerated))
     problems = []
+    table_hint = _cope_length_hint(state_dict, target)
     if unexpected:
         problems.append(f"unexpected keys: {_listing(unexpected)}")
     if mismatched:
@@ -153,7 +156,7 @@ def convert_state_dict(model, state_dict: Dict[str, torch.Tensor], path="<state_
     if missing:
         problems.append(f"missing keys: {_listing(missing)}")
     if problems:
-        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems))
+        raise CheckpointError(f"{path} does not fit the model: " + "; ".join(problems) + table_hint)
     converted = {k: v.reshape(target[k].shape) for k, v in state_dict.items()}
     for key in tolerated:
         converted[key] = target[key]
@@ -165,6 +168,24 @@ def convert_state_dict(model, state_dict: Dict[str, torch.Tensor], path="<state_
     if dropped:
         logging.info(f"{path}: ignored {dropped} (unused by relative-position text towers)")
     return converted
+
+
+def _cope_length_hint(state_dict: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor]) -> str:
+    """The fix, when the only trouble with the CoPE tables (1, head_dim, positions) is their length.
+
+    TULIP's stage 2 builds its CoPE student at ``--extended-context-length`` (github.com/ivonajdenkoska/tulip @
+    132c174f, open_clip/training/main_context_finetune_cope.py), so a released file's tables can be shorter or
+    longer than the config's 248; the same config built at the table length loads it."""
+    lengths = {state_dict[k].shape[-1] for k in state_dict
+               if k.endswith(".cope.pos_emb") and k in target and state_dict[k].dim() == target[k].dim() == 3
+               and state_dict[k].shape[:-1] == target[k].shape[:-1] and state_dict[k].shape != target[k].shape}
+    if len(lengths) != 1:
+        return ""
+    n = lengths.pop()
+    return (f". Its CoPE position tables hold {n} positions (TULIP's stage 2 sizes them by its "
+            f"--extended-context-length): create the model at that length, open_clip.create_model(name, "
+            f"pretrained=path, force_context_length={n}), and tokenize with open_clip.get_tokenizer(name, "
+            f"context_length={n})")
 
 
 def _is_scalar_reshape(saved: torch.Tensor, wanted: torch.Tensor) -> bool:
@@ -191,29 +212,46 @@ def uses_quick_gelu(module) -> bool:
     return any(isinstance(m, QuickGELU) for m in module.modules())
 
 
-def check_activation(model, metadata: dict, path) -> None:
-    """Refuse weights trained with another activation (QuickGELU vs GELU): they load but compute wrongly."""
+# Config key of each tower -> (CLIP attribute holding it, the tower's name in messages).
+_TOWERS = {"vision_cfg": ("visual", "image tower"), "text_cfg": ("text", "text tower")}
+
+
+def check_activation(model, metadata: dict, path, towers=TOWER_CONFIG_KEYS) -> None:
+    """Refuse weights trained with another activation (QuickGELU vs GELU) in any of ``towers``: they load but
+    compute wrongly. The activation a checkpoint was trained with is read per tower from its saved ``model_cfg``
+    (the tower's own ``quick_gelu`` key, else the model-level one); nothing is checked without a saved config.
+
+    Raises:
+        CheckpointError: naming each differing tower, both activations and the fix.
+    """
     saved_cfg = metadata.get("model_cfg")
     if not saved_cfg:
         return
-    saved_quick, model_quick = bool(saved_cfg.get("quick_gelu", False)), uses_quick_gelu(model.text)
-    if saved_quick != model_quick:
-        fix = "pass force_quick_gelu=True" if saved_quick else "use a config without QuickGELU"
-        raise CheckpointError(f"{path}: trained with quick_gelu={saved_quick} but the model uses "
-                              f"quick_gelu={model_quick}; {fix} (open_clip.create_model(name, pretrained=path) "
-                              f"picks it up from the checkpoint by itself)")
+    differing = []
+    for key in towers:
+        attribute, where = _TOWERS[key]
+        saved_quick, model_quick = tower_quick_gelu(saved_cfg, key), uses_quick_gelu(getattr(model, attribute))
+        if saved_quick != model_quick:
+            differing.append(f"{where} trained with quick_gelu={saved_quick} but the model uses "
+                             f"quick_gelu={model_quick}")
+    if differing:
+        raise CheckpointError(
+            f"{path}: {'; '.join(differing)}. Create the model with the config it was trained with (per tower: "
+            f"vision_cfg.quick_gelu / text_cfg.quick_gelu, else the model-level quick_gelu; "
+            f"open_clip.create_model(name, pretrained=path) follows a saved model-level quick_gelu=True by itself)")
 
 
 def pretrained_uses_quick_gelu(name: str, pretrained) -> bool:
-    """Whether the weights ``pretrained`` names were trained with QuickGELU: the pretrained tag's config says
-    (OpenAI weights do), or the ``model_cfg`` saved in a checkpoint file."""
+    """Whether the weights ``pretrained`` names were trained with QuickGELU (in either tower): the pretrained
+    tag's config says (OpenAI weights do), or the ``model_cfg`` saved in a checkpoint file."""
     if not pretrained:
         return False
     tag_cfg = open_clip.factory.get_pretrained_cfg(name, pretrained)
     if tag_cfg:
         return bool(tag_cfg.get("quick_gelu"))
     if Path(pretrained).is_file():
-        return bool((read_saved_model_cfg(pretrained) or {}).get("quick_gelu"))
+        saved = read_saved_model_cfg(pretrained) or {}
+        return any(tower_quick_gelu(saved, key) for key in TOWER_CONFIG_KEYS)
     return False
 
 
@@ -221,6 +259,8 @@ def load_checkpoint_into(model, path, strict: bool = True):
     """open_clip's ``load_checkpoint`` for models with a relative-position text tower."""
     state_dict, metadata = read_checkpoint(path)
     check_position_config(model.text, metadata, path)
-    check_activation(model, metadata, path)
+    # A text-tower-only checkpoint leaves the image tower as it is, so only its text activation matters.
+    has_vision = any(is_vision_key(k) for k in strip_module_prefix(state_dict))
+    check_activation(model, metadata, path, TOWER_CONFIG_KEYS if has_vision else ("text_cfg",))
     converted = convert_state_dict(model, state_dict, path)
     return model.load_state_dict(converted, strict=strict)

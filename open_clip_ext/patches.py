@@ -1,15 +1,18 @@
 """Every change this package makes to open_clip's internals, in one place, checked at import.
 
-open_clip has no plugin API for text towers or checkpoint converters, so four module-level names are wrapped
+open_clip has no plugin API for text towers or checkpoint converters, so five module-level names are wrapped
 (each wrapper hands anything that is not ours to the original unchanged). This module only dispatches: what
 to build lives in towers.py, how to load in convert.py, and the registry entries (derived configs and their
 base's pretrained tags) are written by configs.py.
 
 - ``open_clip.model._build_text_tower``: builds a RoPE/CoPE/Long-CLIP tower for ``text_cfg.pos_embed_type``;
+  honours a per-tower ``text_cfg.quick_gelu`` (configs.py);
+- ``open_clip.model._build_vision_tower``: honours a per-tower ``vision_cfg.quick_gelu`` (open_clip 3.3 passes
+  one model-level flag to both builders, and its CLIPVisionCfg rejects unknown keys), otherwise open_clip's own;
 - ``open_clip.factory.load_checkpoint``: converts stock / TULIP / own checkpoints onto our models;
 - ``open_clip.factory.create_model`` (and ``open_clip.create_model``): forces CustomTextCLIP for our configs,
-  takes the activation from the pretrained tag (QuickGELU for OpenAI weights), names close matches for an
-  unknown model.
+  takes the activation from the pretrained tag (QuickGELU for OpenAI weights) or from the ``model_cfg`` saved
+  in a checkpoint, names close matches for an unknown model.
 Registries extended (by configs.py): ``open_clip.factory._MODEL_CONFIGS`` and ``open_clip.pretrained._PRETRAINED``.
 The open_clip range these were tested against is pinned in setup.cfg.
 """
@@ -24,6 +27,7 @@ import open_clip.transformer
 TESTED_OPEN_CLIP = ((3, 3), (3, 4))  # [3.3, 3.4)
 _REQUIRED = (
     (open_clip.model, "_build_text_tower"),
+    (open_clip.model, "_build_vision_tower"),
     (open_clip.model, "CustomTextCLIP"),
     (open_clip.model, "convert_to_custom_text_state_dict"),
     (open_clip.factory, "load_checkpoint"),
@@ -64,12 +68,19 @@ def check_open_clip() -> None:
 # Checked before the modules below import open_clip internals themselves, so a missing one is named here.
 check_open_clip()
 
-from .configs import is_ext_text_cfg, needs_custom_text, unknown_model_error  # noqa: E402
+from .configs import (gelu_pinned_towers, is_ext_text_cfg, needs_custom_text, split_tower_activation,  # noqa: E402
+                      unknown_model_error)
 from .convert import load_checkpoint_into, pretrained_uses_quick_gelu  # noqa: E402
 from .towers import build_ext_text_tower, is_ext_model  # noqa: E402
 
 
+def _build_vision_tower(embed_dim, vision_cfg, quick_gelu=False, cast_dtype=None):
+    vision_cfg, quick_gelu = split_tower_activation(vision_cfg, quick_gelu)
+    return _originals["_build_vision_tower"](embed_dim, vision_cfg, quick_gelu, cast_dtype)
+
+
 def _build_text_tower(embed_dim, text_cfg, quick_gelu=False, cast_dtype=None):
+    text_cfg, quick_gelu = split_tower_activation(text_cfg, quick_gelu)
     if is_ext_text_cfg(text_cfg):
         return build_ext_text_tower(embed_dim, text_cfg, quick_gelu, cast_dtype)
     return _originals["_build_text_tower"](embed_dim, text_cfg, quick_gelu, cast_dtype)
@@ -92,9 +103,14 @@ def _create_model(model_name, pretrained=None, **kwargs):
         if is_ext_text_cfg(cfg.get("text_cfg")):
             if needs_custom_text(cfg.get("text_cfg")):
                 kwargs.setdefault("force_custom_text", True)
+            pinned_gelu = gelu_pinned_towers(cfg)
+            if kwargs.get("force_quick_gelu") and pinned_gelu:
+                logging.warning(f"{name}: force_quick_gelu=True leaves {', '.join(pinned_gelu)} on GELU: a tower's "
+                                f"own quick_gelu key wins over the model-level flag")
             if pretrained_uses_quick_gelu(name, pretrained) and not cfg.get("quick_gelu") \
                     and not kwargs.get("force_quick_gelu"):
-                # A student initialised from a teacher must compute with the teacher's activation.
+                # A student initialised from a teacher must compute with the teacher's activation. Towers whose
+                # config names its own activation keep it; check_activation compares each tower on load.
                 logging.info(f"{name}: pretrained '{pretrained}' was trained with QuickGELU; using QuickGELU")
                 kwargs["force_quick_gelu"] = True
     return _originals["create_model"](model_name, pretrained, **kwargs)
@@ -105,9 +121,11 @@ def apply() -> None:
     if _originals:
         return
     _originals["_build_text_tower"] = open_clip.model._build_text_tower
+    _originals["_build_vision_tower"] = open_clip.model._build_vision_tower
     _originals["load_checkpoint"] = open_clip.factory.load_checkpoint
     _originals["create_model"] = open_clip.factory.create_model
     open_clip.model._build_text_tower = _build_text_tower
+    open_clip.model._build_vision_tower = _build_vision_tower
     open_clip.factory.load_checkpoint = _load_checkpoint
     open_clip.factory.create_model = _create_model
     open_clip.create_model = _create_model

@@ -1,7 +1,8 @@
 """Regenerate the derived JSONs in model_configs/ from open_clip's stock configs.
 
 The shipped JSONs are data (so `open_clip.get_model_config` and `list_models` see them without code), but they
-must equal what `open_clip_ext.derive_config` makes from their base; tests/test_configs.py checks that.
+must equal what `open_clip_ext.derive_config` makes from their base;
+tests/open_clip_ext/test_open_clip_api.py::test_shipped_configs_are_up_to_date checks that.
 
     python scripts/make_model_configs.py            # rewrite model_configs/
     python scripts/make_model_configs.py --check    # exit 1 if a file is stale
@@ -11,11 +12,12 @@ import json
 import sys
 
 import open_clip_ext
-from open_clip_ext.configs import derive_config, shipped_config_dir
+from open_clip_ext.configs import TULIP_EVAL_SCRIPT_SUFFIX, derive_config, shipped_config_dir, tulip_release_config
 
 STANDARD_BASES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14")
-# TULIP's released checkpoints: GELU everywhere (its student used GELU although its teacher was QuickGELU),
-# TULIP's CoPE choices; loaded from the checkpoint file with pretrained=PATH.
+# TULIP's released checkpoints, loaded from the file with pretrained=PATH: as trained (QuickGELU image tower from
+# the OpenAI loader, GELU RoPE/CoPE student), TULIP's CoPE choices; `-evalscript`: GELU image tower, as
+# eval_tulip.py computes with --pretrained=<file> (docs/checkpoints.md).
 TULIP_BASES = ("ViT-B-16", "ViT-L-14", "ViT-L-14-336")
 # Absolute-position baselines: Long-CLIP's stretched table and open_clip's uniform resize (force_context_length).
 BASELINE_BASES = ("ViT-B-16", "ViT-L-14", "tiny-clip")
@@ -30,9 +32,9 @@ def wanted_configs() -> dict:
             configs[f"{base}-{position}-248"] = derive_config(base, position, 248)
     for base in TULIP_BASES:
         for position in ("rope", "cope"):
-            cfg = derive_config(base, position, 248)
-            cfg["quick_gelu"] = False
-            configs[f"TULIP-{base}-{position}-248"] = cfg
+            name = f"TULIP-{base}-{position}-248"
+            configs[name] = tulip_release_config(base, position, 248)
+            configs[name + TULIP_EVAL_SCRIPT_SUFFIX] = tulip_release_config(base, position, 248, eval_script=True)
     for base in BASELINE_BASES:
         for position in ("longclip", "uniform"):
             configs[f"{base}-{position}-248"] = derive_config(base, position, 248)
