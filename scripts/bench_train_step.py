@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import open_clip_ext  # noqa: F401
+from training_ext.common.csv_table import read_csv_table
 from training_ext.data.loaders import get_image_text_data, get_text_data
 from training_ext.stages.distill import (
     StudentTextFeatures, TeacherTextFeatures, distillation_losses, freeze_all_but_text, make_distill_step,
@@ -310,7 +311,8 @@ def main():
                "workers": opts.workers, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as folder:
         csv = write_fixture(folder, opts.batch_size * opts.fixture_batches, opts.caption_words, opts.image_size)
-        ids = open_clip.get_tokenizer(opts.student)([line.split("\t")[1] for line in open(csv)][1:])
+        captions = read_csv_table(csv, {"--csv-caption-key": "title"}).columns["title"]
+        ids = open_clip.get_tokenizer(opts.student)(captions)
         results["mean_caption_tokens"] = float((ids != 0).sum(1).float().mean())
         for stage in opts.stages.split(","):
             build, fast, slow = STAGES[stage]

@@ -13,6 +13,7 @@ import sys
 
 import open_clip_ext
 from open_clip_ext.configs import TULIP_EVAL_SCRIPT_SUFFIX, derive_config, shipped_config_dir, tulip_release_config
+from training_ext.common.text_files import read_text
 
 STANDARD_BASES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14")
 # TULIP's released checkpoints, loaded from the file with pretrained=PATH: as trained (QuickGELU image tower from
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     for name, cfg in wanted_configs().items():
         path = shipped_config_dir() / f"{name}.json"
         text = json.dumps(cfg, indent=4) + "\n"
-        if path.exists() and path.read_text() == text:
+        if path.exists() and read_text(str(path)) == text:
             continue
         stale.append(path.name)
         if not args.check:

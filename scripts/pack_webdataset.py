@@ -51,8 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     csv.add_argument("--csv-caption-key", default="title", help="caption column (default title)")
     csv.add_argument("--csv-short-caption-key",
                      help="short caption column (default: none, the caption's first sentence is used)")
-    csv.add_argument("--image-root", help="folder relative image paths start from (default: current folder, "
-                                          "as open_clip_train's CSV loader does)")
+    csv.add_argument("--image-root", help="folder relative image paths start from (default: the CSV's folder, "
+                                          "as training's --csv-image-root)")
 
     folder = sources.add_parser("folder", parents=[common], help="train-CLIP style x.jpg + x.txt folder")
     folder.add_argument("--root", required=True, help="the dataset folder")

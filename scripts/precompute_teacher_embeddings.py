@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 import open_clip_ext  # noqa: F401  (registers this project's configs)
+from open_clip_ext.convert import pretrained_uses_quick_gelu
 from training_ext.data.keyed_captions import (KeyedCaption, caption_digest, caption_field_for, csv_captions,
                                         folder_captions, tokenized_batches, webdataset_captions)
 from training_ext.data.teacher_cache import (CacheHeader, TeacherCacheError, TeacherCacheWriter, file_sha256,
@@ -119,8 +120,11 @@ def main(argv=None) -> int:
     checkpoint = teacher_checkpoint_file(args.teacher_model, args.teacher_pretrained, args.cache_dir)
     print(f"hashing {checkpoint}", file=sys.stderr)
     sha = file_sha256(checkpoint)
-    teacher = open_clip.create_model(args.teacher_model, pretrained=args.teacher_pretrained, device=device,
-                                     cache_dir=args.cache_dir).eval()
+    # The activation the weights were trained with, as stage 1 builds its live teacher (engine.builders.create_clip):
+    # a cache of ViT-L-14 + openai must hold QuickGELU features, or it would not match the live teacher.
+    teacher = open_clip.create_model(
+        args.teacher_model, pretrained=args.teacher_pretrained, device=device, cache_dir=args.cache_dir,
+        force_quick_gelu=pretrained_uses_quick_gelu(args.teacher_model, args.teacher_pretrained)).eval()
     tokenizer = open_clip.get_tokenizer(args.teacher_model, cache_dir=args.cache_dir)
     autocast = autocast_for(args.precision, device)
     with torch.no_grad():

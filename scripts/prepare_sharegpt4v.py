@@ -34,8 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-val", type=int, default=1000,
                         help="the first N json entries are validation, never training (default 1000)")
     parser.add_argument("--relative-paths", action="store_true",
-                        help="write filepath relative to --image-root (training must then run from there); "
-                             "default: absolute paths")
+                        help="write filepath relative to --image-root (then train and evaluate with "
+                             "--csv-image-root set to it); default: absolute paths")
     parser.add_argument("--keep-shared-images", action="store_true",
                         help="keep training entries whose image is also a validation entry's image")
     parser.add_argument("--strict", action="store_true", help="stop on the first malformed entry")
@@ -58,7 +58,8 @@ def main(argv=None) -> dict:
     data = load_json_list(args.json)
     entries, malformed = parse_entries(tqdm(data, desc="parsing entries", unit=" entries", disable=not progress))
     malformed_path = output_path(args, "malformed.tsv")
-    write_tsv(malformed_path, ("index", "id", "reason"), ([str(m.index), m.id, m.reason] for m in malformed))
+    write_tsv(malformed_path, ("index", "id", "reason"), ([str(m.index), m.id, m.reason] for m in malformed),
+              collapse_whitespace=True)
     report_list(len(malformed), "malformed json entries (left out)", malformed_path)
     if malformed and args.strict:
         first = malformed[0]

@@ -100,7 +100,8 @@ def test_common_imports_only_common():
 
 def test_top_level_of_training_ext_holds_only_entry_points():
     top = sorted(p.stem for p in (ROOT / "training_ext").glob("*.py"))
-    assert top == ["__init__", "main", "main_context_finetune_rope", "main_distill_rope", "synthetic"], top
+    assert top == ["__init__", "main", "main_context_finetune_cope", "main_context_finetune_rope", "main_distill_cope",
+                   "main_distill_rope", "synthetic"], top
 
 
 def test_the_graph_sees_known_imports():

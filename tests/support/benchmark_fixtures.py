@@ -49,10 +49,16 @@ def make_urban1k(root: str, count: int = 8, seed: int = 0):
     return base, {"image_paths": paths, "captions": captions, "caption_image": list(range(count))}
 
 
-def make_sharegpt4v(root: str, count: int = 6, extra: int = 2, seed: int = 1):
-    """A ShareGPT4V-style json with `count + extra` entries; the protocol reads the first `count`."""
+def make_sharegpt4v(root: str, count: int = 6, extra: int = 2, seed: int = 1,
+                    json_name: str = "share-captioner_coco_lcs_sam_1246k_1107.json"):
+    """A ShareGPT4V-style json with `count + extra` entries; the protocol reads the first `count`.
+
+    Each gpt answer is 'picture i shows\n\n<words>.'; expected["captions"] is it with white space collapsed,
+    expected["lotlip_captions"] as LoTLIP's normalisation leaves it ('picture i shows. <words>', built here
+    from the two pieces, not by running a normaliser).
+    """
     rng = random.Random(seed)
-    entries, paths, captions = [], [], []
+    entries, paths, captions, lotlip = [], [], [], []
     for i, words in enumerate(_varied_lengths(count + extra)):
         relative = f"sam/images/sa_{i}.jpg"
         write_image(os.path.join(root, relative), rng)
@@ -62,22 +68,26 @@ def make_sharegpt4v(root: str, count: int = 6, extra: int = 2, seed: int = 1):
             {"from": "gpt", "value": sentences.replace(" shows ", " shows\n\n", 1)}]})
         paths.append(os.path.join(root, relative))
         captions.append(sentences)
-    json_path = os.path.join(root, "share-captioner_coco_lcs_sam_1246k_1107.json")
+        head, body = sentences[:-1].split(" shows ", 1)
+        lotlip.append(f"{head} shows. {body}")
+    json_path = os.path.join(root, json_name)
     with open(json_path, "w") as f:
         json.dump(entries, f)
     return json_path, root, {"image_paths": paths[:count], "captions": captions[:count],
-                             "caption_image": list(range(count))}
+                             "caption_image": list(range(count)), "lotlip_captions": lotlip[:count]}
 
 
-def make_long_dci(root: str, count: int = 6, seed: int = 2):
+def make_long_dci(root: str, count: int = 6, seed: int = 2, extra_columns=None):
+    """dci_long.csv (tab-separated filepath, title); extra_columns {name: one value per row} adds columns."""
     rng = random.Random(seed)
-    paths, captions, lines = [], [], ["filepath\ttitle"]
+    extra_columns = extra_columns or {}
+    paths, captions, lines = [], [], ["\t".join(["filepath", "title", *extra_columns])]
     for i, words in enumerate(_varied_lengths(count)):
         relative = os.path.join("photos", f"sa_{5000 + i}.jpg")
         paths.append(os.path.join(root, relative))
         write_image(paths[-1], rng)
         captions.append(caption_text(rng, i, words))
-        lines.append(f"{relative}\t{captions[-1]}")
+        lines.append("\t".join([relative, captions[-1], *(str(values[i]) for values in extra_columns.values())]))
     csv_path = os.path.join(root, "dci_long.csv")
     with open(csv_path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -166,3 +176,154 @@ def make_imagenet(root: str, per_class: int = 2, seed: int = 5):
             labels.append(label)
     return base, {"image_paths": paths, "labels": labels,
                   "classnames": [IMAGENET_WNIDS[w] for w in sorted(IMAGENET_WNIDS)]}
+
+
+# ----------------------------------------------------------------------------------------------
+# long-caption benchmarks in their release layouts (DOCCI, IIW, DCI annotation JSONs, COCO Karpathy)
+
+def lotlip_pieces(rng: random.Random, index: int, count: int):
+    """Caption pieces without '.', newlines or '</s>': LoTLIP's normalisation must give '. '.join(pieces)."""
+    return [f"piece {index}-{n} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
+            for n in range(count)]
+
+
+def join_messily(rng: random.Random, pieces) -> str:
+    """The pieces joined the ways long captions are: '. ', '.\n', ' </s> ', '..', stray spaces."""
+    text = pieces[0]
+    for piece in pieces[1:]:
+        text += rng.choice([". ", ".\n", " </s> ", "..  ", "\n\n", ".</s>"]) + piece
+    return "  " + text + rng.choice([".", ". ", "\n", ""])
+
+
+DOCCI_SPLITS = ("train", "test", "qual_dev", "qual_test", "test", "qual_test", "test", "train")
+
+
+def make_docci(root: str, splits=DOCCI_SPLITS, seed: int = 6):
+    """docci/docci_descriptions.jsonlines + docci/images/<image_file> for every split (the release holds all
+    15k images in one folder). Returns (root, expected for split 'test', expected for GOAL's qual_test + test)."""
+    rng = random.Random(seed)
+    base = os.path.join(root, "docci")
+    counters, rows = {}, []
+    for split in splits:
+        number = counters[split] = counters.get(split, -1) + 1
+        example_id = f"{split}_{number:05d}"
+        description = caption_text(rng, len(rows), rng.choice((20, 60))) + " A second sentence. And a third."
+        rows.append({"example_id": example_id, "split": split, "image_file": example_id + ".jpg",
+                     "description": description})
+        write_image(os.path.join(base, "images", example_id + ".jpg"), rng)
+    with open(os.path.join(base, "docci_descriptions.jsonlines"), "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+    def expected(selected_splits):
+        chosen = [row for split in selected_splits for row in rows if row["split"] == split]
+        return {"image_paths": [os.path.join(base, "images", row["image_file"]) for row in chosen],
+                "captions": [row["description"] for row in chosen], "caption_image": list(range(len(chosen)))}
+
+    return base, expected(("test",)), expected(("qual_test", "test"))
+
+
+def make_iiw(root: str, counts=(2, 3, 2), seed: int = 7):
+    """imageinwords/{DOCCI_Test,IIW-400,DCI_Test}/data.jsonl (fields as google/imageinwords releases them) and
+    the images where LoTLIP's data_preprocess.py puts them: docci/, docci_aar/, dci/."""
+    rng = random.Random(seed)
+    base = os.path.join(root, "imageinwords")
+    expected = {"image_paths": [], "captions": [], "caption_image": []}
+    parts = (("DOCCI_Test", "docci"), ("IIW-400", "docci_aar"), ("DCI_Test", "dci"))
+    for (part, folder), count in zip(parts, counts):
+        rows = []
+        for n in range(count):
+            pieces = lotlip_pieces(rng, len(expected["captions"]), rng.randint(1, 4))
+            description = join_messily(rng, pieces)
+            metrics = {"metrics/Comprehensiveness": "Neutral", "metrics/Hallucination": "Neutral"}
+            if part == "DOCCI_Test":
+                name = f"test_{1427 + n:05d}"  # without .jpg: LoTLIP appends it
+                row = {"DOCCI": "the original DOCCI description.", "IIW": description, "image": name, **metrics}
+            elif part == "IIW-400":
+                name = f"aar_test_{4600 + n:05d}"
+                row = {"IIW": description, "IIW-P5B": "a model description.", "image/key": name,
+                       "iiw-human-sxs-gpt4v": metrics, "objects": [{"label": "Sky", "description": "blue.",
+                                                                   "normalized_coords": ["0", "0", "9", "9"]}]}
+            else:
+                name = f"sa_{1500 + n}.jpg"
+                row = {"IIW": description, "ex_id": f"sa_{1500 + n}", "image": name, **metrics}
+            rows.append(row)
+            file_name = name if name.endswith(".jpg") else name + ".jpg"
+            expected["image_paths"].append(os.path.join(base, folder, file_name))
+            write_image(expected["image_paths"][-1], rng)
+            expected["captions"].append(". ".join(pieces))
+            expected["caption_image"].append(len(expected["caption_image"]))
+        os.makedirs(os.path.join(base, part))
+        with open(os.path.join(base, part, "data.jsonl"), "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    return base, expected
+
+
+def make_dci(root: str, splits=(("train", 4), ("valid", 1), ("test", 2)), unlisted: int = 1, seed: int = 8):
+    """dci/densely_captioned_images/{splits.json, annotations/<id>.json, photos/sa_<id>.jpg}. One entry has an
+    empty extra_caption and one has both captions empty (the peers keep them); `unlisted` annotation files are
+    not in splits.json (the peers never read them). Returns (root, expected LoTLIP, expected FG-CLIP, unlisted
+    annotation paths)."""
+    rng = random.Random(seed)
+    base = os.path.join(root, "dci", "densely_captioned_images")
+    os.makedirs(os.path.join(base, "annotations"))
+    split_lists, lotlip, fgclip, paths = {}, [], [], []
+    index = 0
+    for split, count in splits:
+        split_lists[split] = []
+        for _ in range(count):
+            file_name, image = f"{112956 + index}-data.json", f"sa_{1200 + index}.jpg"
+            short = lotlip_pieces(rng, index, 1)
+            extra = lotlip_pieces(rng, 100 + index, rng.randint(2, 4))
+            short_text, extra_text = short[0] + ".", join_messily(rng, extra)
+            if index == 1:
+                extra, extra_text = [], ""
+            if index == 2:
+                short, short_text, extra, extra_text = [], " ", [], "\n"
+            with open(os.path.join(base, "annotations", file_name), "w") as f:
+                json.dump({"image": image, "short_caption": short_text, "extra_caption": extra_text,
+                           "mask_data": {"0": {"label": "thing", "caption": "a thing."}}}, f)
+            split_lists[split].append(file_name)
+            paths.append(os.path.join(base, "photos", image))
+            write_image(paths[-1], rng)
+            lotlip.append(". ".join(short + extra))
+            fgclip.append(extra_text)
+            index += 1
+    skipped = []
+    for n in range(unlisted):
+        skipped.append(os.path.join(base, "annotations", f"{999000 + n}-data.json"))
+        with open(skipped[-1], "w") as f:
+            json.dump({"image": "sa_9.jpg", "short_caption": "x.", "extra_caption": "y."}, f)
+    with open(os.path.join(base, "splits.json"), "w") as f:
+        json.dump(split_lists, f)
+    order = list(range(len(paths)))
+    return (os.path.join(root, "dci"),
+            {"image_paths": paths, "captions": lotlip, "caption_image": order},
+            {"image_paths": paths, "captions": fgclip, "caption_image": order}, skipped)
+
+
+def make_coco_karpathy(root: str, seed: int = 9):
+    """Karpathy's dataset_coco.json (splits train/restval/val/test, cocoids out of order, one test image with 7
+    sentences) and the val2014/ images of the test split. Expected: test images in cocoid order, all captions."""
+    rng = random.Random(seed)
+    base = os.path.join(root, "coco-karpathy")
+    specs = [("train", 11, 5), ("test", 391895, 5), ("restval", 5, 5), ("test", 42, 7), ("val", 77, 5),
+             ("test", 1000, 5), ("test", 9, 6)]
+    images = []
+    for imgid, (split, cocoid, sentences) in enumerate(specs):
+        folder = "train2014" if split == "train" else "val2014"
+        filename = f"COCO_{folder}_{cocoid:012d}.jpg"
+        raws = [caption_text(rng, cocoid, rng.choice((5, 11))) for _ in range(sentences)]
+        images.append({"filepath": folder, "filename": filename, "imgid": imgid, "split": split, "cocoid": cocoid,
+                       "sentids": list(range(sentences)),
+                       "sentences": [{"raw": raw, "tokens": raw.split(), "imgid": imgid, "sentid": n}
+                                     for n, raw in enumerate(raws)]})
+        if split == "test":
+            write_image(os.path.join(base, folder, filename), rng)
+    json_path = os.path.join(base, "dataset_coco.json")
+    with open(json_path, "w") as f:
+        json.dump({"dataset": "coco", "images": images}, f)
+    test = sorted((image for image in images if image["split"] == "test"), key=lambda image: image["cocoid"])
+    expected = {"image_paths": [os.path.join(base, image["filepath"], image["filename"]) for image in test],
+                "captions": [s["raw"] for image in test for s in image["sentences"]],
+                "caption_image": [i for i, image in enumerate(test) for _ in image["sentences"]]}
+    return json_path, expected

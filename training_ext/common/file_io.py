@@ -4,11 +4,13 @@ Every writer goes to a temporary file in the destination's own folder (so the fi
 same-filesystem rename, which is atomic) and renames it over the destination only once it is complete.
 """
 import contextlib
-import csv
+import itertools
 import json
 import os
 import tempfile
 from typing import IO, Iterable, Iterator, Sequence
+
+from training_ext.common.text_files import read_json
 
 
 def _default_file_mode() -> int:
@@ -35,14 +37,11 @@ def atomic_open(path: str, mode: str = "w", **open_kwargs) -> Iterator[IO]:
 
 
 def read_json_or(path: str, default):
-    """The JSON content of `path`, or `default` when the file does not exist."""
+    """The JSON content of `path`, or `default` when the file does not exist. Raises TextDecodeError or ValueError
+    (naming the file) for a file that is not UTF-8 or not JSON."""
     if not os.path.exists(path):
         return default
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    return read_json(path)
 
 
 def write_json(path: str, obj) -> None:
@@ -58,19 +57,29 @@ def write_lines(path: str, lines: Iterable[str]) -> None:
             handle.write(f"{line}\n")
 
 
-def write_tsv(path: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> int:
-    """A tab-separated file in open_clip's CSV format (read back with pandas.read_csv(sep='\\t')).
+def write_tsv(path: str, columns: Sequence[str], rows: Iterable[Sequence[str]],
+              collapse_whitespace: bool = False) -> int:
+    """A tab-separated file in the project's CSV format (training_ext.common.csv_table reads it back).
 
-    Fields holding a tab, newline or double quote are quoted the way pandas expects. Returns the
-    number of data rows written.
+    Fields are never quoted (the CSV rule in csv_table), so every value is written verbatim; a field holding a tab
+    or a line break cannot be written that way and raises ValueError naming the row and column (clean captions
+    with training_ext.common.captions.clean_caption first). Reports (lists of skipped or malformed entries, whose
+    reasons quote error messages) pass ``collapse_whitespace=True``: runs of white space in a field become one
+    space. Returns the number of data rows written.
     """
     count = 0
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
+        for number, row in enumerate(itertools.chain([columns], rows)):
+            row = ["" if value is None else str(value) for value in row]  # as csv.writer wrote None
+            if collapse_whitespace:
+                row = [" ".join(value.split()) for value in row]
             if len(row) != len(columns):
                 raise ValueError(f"{path}: row {count} has {len(row)} fields, expected {len(columns)}")
-            writer.writerow(row)
-            count += 1
+            for column, value in zip(columns, row):
+                if "\t" in value or "\n" in value or "\r" in value:
+                    where = "the header" if number == 0 else f"row {count} column {column!r}"
+                    raise ValueError(f"{path}: {where} holds a tab or line break ({value[:60]!r}), which the "
+                                     f"project's CSV format cannot hold (fields are never quoted)")
+            handle.write("\t".join(row) + "\n")
+            count += number > 0
     return count

@@ -3,16 +3,19 @@
 Shared by folder-dataset training (training_ext.data.folder) and data preparation (training_ext.prep.sources),
 so both read a folder by the same rule.
 """
+import logging
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 from training_ext.common.captions import clean_caption
+from training_ext.common.text_files import TextDecodeError, read_text
 
 # The image types open_clip_train's webdataset pipeline decodes ("jpg;png;jpeg;webp") plus a few that the
 # shard writer re-encodes to PNG.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TEXT_EXTENSION = ".txt"
+_SHOWN = 3  # paths named in a warning about left-out files
 
 
 @dataclass
@@ -81,6 +84,49 @@ def pair_folder(root: str, progress: bool = False) -> FolderPairs:
 
 
 def read_caption_lines(text_path: str) -> List[str]:
-    """The non-empty lines of a caption file, each cleaned."""
-    with open(text_path, encoding="utf-8") as handle:
-        return [clean_caption(line) for line in handle if clean_caption(line)]
+    """The non-empty lines of a caption file, each cleaned. Raises TextDecodeError (file and byte) for a file that
+    is not UTF-8."""
+    # line ends as open()'s universal newlines split them (str.splitlines would also split at \x0c, \u2028, ...,
+    # which would renumber the lines a teacher cache is keyed by)
+    lines = read_text(text_path).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [clean_caption(line) for line in lines if clean_caption(line)]
+
+
+@dataclass
+class FolderCaptions:
+    """The captions of a paired folder as training reads them, and the caption files it leaves out."""
+    root: str
+    items: List[Tuple[str, str, List[str]]]   # (image, caption file, its caption lines)
+    orphan_images: List[str]
+    orphan_texts: List[str]
+    empty: List[str]                          # caption files without a caption line: their images are skipped
+    undecodable: List[str]                    # caption files that are not UTF-8: their images are skipped
+
+    def report(self) -> None:
+        """Log each kind of left-out file with its count and the first few paths (never dropped silently)."""
+        for what, paths in (("images without a caption file, skipped", self.orphan_images),
+                            ("caption files without an image, ignored", self.orphan_texts),
+                            ("empty caption files, their images skipped", self.empty),
+                            ("caption files that are not UTF-8, their images skipped", self.undecodable)):
+            if paths:
+                logging.warning(f"{self.root}: {len(paths)} {what} (e.g. {', '.join(paths[:_SHOWN])})")
+
+
+def read_folder_captions(root: str, progress: bool = False) -> FolderCaptions:
+    """Pair ``root`` and read every caption file: the one rule training and the teacher-cache precompute share.
+    An empty or undecodable caption file skips its image (counted by ``FolderCaptions.report``)."""
+    pairs = pair_folder(root, progress=progress)
+    items, empty, undecodable = [], [], []
+    for image, text in pairs.pairs:
+        try:
+            captions = read_caption_lines(text)
+        except TextDecodeError as error:
+            if not undecodable:
+                logging.warning(str(error))  # the first one in full: which byte, so the cause can be found
+            undecodable.append(text)
+            continue
+        if captions:
+            items.append((image, text, captions))
+        else:
+            empty.append(text)
+    return FolderCaptions(pairs.root, items, pairs.orphan_images, pairs.orphan_texts, empty, undecodable)

@@ -4,9 +4,15 @@ Every query (an image, a caption, or an image to classify) has one or more posit
 Its rank is the number of negatives that score at least as high as its best positive; a hit at k
 means rank < k.
 
-Tie rule: ties count against the model. A negative with exactly the positive's score is ranked
-ahead of it. A degenerate model that scores every pair alike therefore gets R@1 = 0, not 100
-(as it would if ties counted for it). With real float features, exact ties hardly ever happen.
+Tie rules (`tie_rule`, TIE_RULES):
+- "against" (the default): ties count against the model. A negative with exactly the positive's score
+  is ranked ahead of it, so a degenerate model that scores every pair alike gets R@1 = 0.
+- "peer": the peers' sort order. The gallery is sorted by descending score with a stable sort, so among
+  equal scores the lower gallery index comes first: the positive wins ties against negatives after it
+  and loses them to negatives before it. This is torch.argsort(scores, descending=True, stable=True),
+  and what torch.argmax / Tensor.max(dim) return for R@1 (first maximal index), as TULIP's
+  get_clip_metrics, Long-CLIP's Urban1k.py and LoTLIP's run_long_retrieval compute it.
+With real float features, exact ties hardly ever happen and both rules give the same numbers.
 
 The similarity matrix is never built whole: query rows are processed in chunks whose size is set
 by a budget of matrix elements, so the full Flickr30k set (31,783 images x 158,915 captions) needs
@@ -18,6 +24,12 @@ import torch
 
 DEFAULT_CHUNK_ELEMENTS = 64 * 1024 * 1024  # 256 MB of float32 scores per chunk (plus masks)
 
+TIE_RULES = {
+    "against": "ties count against the model (rank = negatives scoring >= the best positive)",
+    "peer": "peers' sort order (stable descending sort: among equal scores the lower gallery index ranks "
+            "first; rank = negatives scoring > the best positive + tied negatives at a lower index)",
+}
+
 
 def _check_features(name: str, features: torch.Tensor) -> None:
     if features.ndim != 2:
@@ -27,16 +39,23 @@ def _check_features(name: str, features: torch.Tensor) -> None:
         raise ValueError(f"{name} hold NaN or inf values; the model produced invalid embeddings")
 
 
+def _check_tie_rule(tie_rule: str) -> None:
+    if tie_rule not in TIE_RULES:
+        raise ValueError(f"tie_rule must be one of {sorted(TIE_RULES)}, got {tie_rule!r}")
+
+
 def _ranks_of_best_positive(
         queries: torch.Tensor,
         gallery: torch.Tensor,
         positive_mask: Callable[[torch.Tensor], torch.Tensor],
         chunk_elements: int,
+        tie_rule: str = "against",
 ) -> torch.Tensor:
-    """Rank of each query's best-scoring positive among the gallery (ties count against the model).
+    """Rank of each query's best-scoring positive among the gallery, ties broken by `tie_rule`.
 
     positive_mask(query_indices) gives the (len(query_indices), len(gallery)) boolean mask of positives.
     """
+    _check_tie_rule(tie_rule)
     _check_features("query features", queries)
     _check_features("gallery features", gallery)
     if queries.shape[1] != gallery.shape[1]:
@@ -55,8 +74,14 @@ def _ranks_of_best_positive(
             raise ValueError(f"query {missing} has no positive in the gallery")
         # the best positive score read from the same matrix as the negatives, so ties are exact
         best_positive = scores.masked_fill(~positives, float("-inf")).amax(dim=1, keepdim=True)
-        negatives_at_or_above = (scores >= best_positive) & ~positives
-        ranks[start:stop] = negatives_at_or_above.sum(dim=1).cpu()
+        if tie_rule == "against":
+            ahead = scores >= best_positive
+        else:  # the first best-scoring positive in index order; tied negatives before it rank ahead
+            tied = scores == best_positive
+            gallery_index = torch.arange(gallery.shape[0], device=scores.device)
+            first_best = gallery_index.masked_fill(~(tied & positives), gallery.shape[0]).amin(dim=1, keepdim=True)
+            ahead = (scores > best_positive) | (tied & (gallery_index[None, :] < first_best))
+        ranks[start:stop] = (ahead & ~positives).sum(dim=1).cpu()
     return ranks
 
 
@@ -65,6 +90,7 @@ def image_to_text_ranks(
         text_features: torch.Tensor,
         caption_image: torch.Tensor,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        tie_rule: str = "against",
 ) -> torch.Tensor:
     """Per image: the rank of its best-scoring own caption among all captions.
 
@@ -78,7 +104,7 @@ def image_to_text_ranks(
     return _ranks_of_best_positive(
         image_features, text_features,
         lambda image_indices: owner[None, :] == image_indices[:, None],
-        chunk_elements)
+        chunk_elements, tie_rule)
 
 
 def target_ranks(
@@ -86,6 +112,7 @@ def target_ranks(
         gallery_features: torch.Tensor,
         target: torch.Tensor,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        tie_rule: str = "against",
 ) -> torch.Tensor:
     """Per query: the rank of its single target gallery item (target[q] indexes the gallery).
 
@@ -102,7 +129,7 @@ def target_ranks(
     return _ranks_of_best_positive(
         query_features, gallery_features,
         lambda query_indices: gallery_indices[None, :] == target[query_indices][:, None],
-        chunk_elements)
+        chunk_elements, tie_rule)
 
 
 def recall_at_k(ranks: torch.Tensor, ks: Iterable[int]) -> Dict[int, float]:
@@ -118,13 +145,14 @@ def retrieval_metrics(
         caption_image: torch.Tensor,
         ks: Sequence[int] = (1, 5, 10),
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        tie_rule: str = "against",
 ):
     """Image->text and text->image recall@k plus the per-query ranks they come from.
 
     Returns (metrics, image_ranks, text_ranks); metrics keys look like 'image_to_text_R@1'.
     """
-    image_ranks = image_to_text_ranks(image_features, text_features, caption_image, chunk_elements)
-    text_ranks = target_ranks(text_features, image_features, caption_image, chunk_elements)
+    image_ranks = image_to_text_ranks(image_features, text_features, caption_image, chunk_elements, tie_rule)
+    text_ranks = target_ranks(text_features, image_features, caption_image, chunk_elements, tie_rule)
     metrics = {}
     for direction, ranks in (("image_to_text", image_ranks), ("text_to_image", text_ranks)):
         for k, value in recall_at_k(ranks, ks).items():

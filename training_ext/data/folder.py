@@ -5,8 +5,9 @@ A caption file holds one caption a line. Which line a sample reads:
 - ``caption_line='first'``: always the first line, the long caption.
 The short caption (stage 2) is ``short_line='first-sentence'`` (the caption's first sentence, TULIP's rule), an
 integer N (line N; the first sentence when the file is shorter) or ``'random'`` (a random other line). Pairing
-is ``training_ext.common.folder_pairs.pair_folder``; images without a caption file, caption files without an image and
-empty caption files are reported with their counts, never silently dropped.
+is ``training_ext.common.folder_pairs.pair_folder``; images without a caption file, caption files without an image,
+empty caption files and caption files that are not UTF-8 are reported with their counts, never silently dropped; an
+image that cannot be decoded is skipped and counted (``training_ext.data.skips``).
 Sample keys for a teacher cache are ``<image path relative to root, no extension>#<caption line>``.
 """
 import logging
@@ -15,15 +16,13 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
 from open_clip_train.data import SharedEpoch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from training_ext.common.captions import first_sentence
+from training_ext.common.folder_lines import CAPTION_LINES, parse_short_line  # noqa: F401  (re-exported)
 from training_ext.data.keyed_captions import folder_line_key
-from training_ext.common.folder_pairs import pair_folder, read_caption_lines
-
-CAPTION_LINES = ("random", "first")
-_SHOWN = 3
+from training_ext.common.folder_pairs import read_folder_captions
+from training_ext.data.skips import SkipLog, decode_image
 
 
 @dataclass
@@ -32,41 +31,16 @@ class FolderItem:
     captions: List[str]
 
 
-def parse_short_line(value: str) -> Union[str, int]:
-    """--folder-short-line: 'first-sentence', 'random' or a line number (0-based)."""
-    if value in ("first-sentence", "random"):
-        return value
-    try:
-        line = int(value)
-    except ValueError:
-        raise ValueError(f"short caption line must be 'first-sentence', 'random' or a line number, got {value!r}")
-    if line < 0:
-        raise ValueError(f"short caption line must be >= 0, got {line}")
-    return line
-
-
-def _report(what: str, paths: List[str], root: str) -> None:
-    if paths:
-        logging.warning(f"{root}: {len(paths)} {what} (e.g. {', '.join(paths[:_SHOWN])})")
-
-
 def read_folder(root: str, progress: bool = False) -> Tuple[str, List[FolderItem]]:
-    """(absolute root, items with at least one caption); orphans and empty caption files are logged as counts."""
-    pairs = pair_folder(root, progress=progress)
-    items, empty = [], []
-    for image, text in pairs.pairs:
-        captions = read_caption_lines(text)
-        if captions:
-            items.append(FolderItem(image, captions))
-        else:
-            empty.append(text)
-    _report("images without a caption file, skipped", pairs.orphan_images, pairs.root)
-    _report("caption files without an image, ignored", pairs.orphan_texts, pairs.root)
-    _report("empty caption files, their images skipped", empty, pairs.root)
+    """(absolute root, items with at least one caption); orphans, empty and undecodable caption files are logged
+    with their counts. Raises ValueError when no image has a caption."""
+    found = read_folder_captions(root, progress=progress)
+    found.report()
+    items = [FolderItem(image, captions) for image, _, captions in found.items]
     if not items:
-        raise ValueError(f"{pairs.root}: no image with a caption file (x.jpg needs an x.txt with a caption)")
-    logging.info(f"{pairs.root}: {len(items)} image/caption pairs")
-    return pairs.root, items
+        raise ValueError(f"{found.root}: no image with a caption file (x.jpg needs an x.txt with a caption)")
+    logging.info(f"{found.root}: {len(items)} image/caption pairs")
+    return found.root, items
 
 
 class FolderDataset(Dataset):
@@ -88,6 +62,7 @@ class FolderDataset(Dataset):
         self.short_line = short_line
         self.seed = seed
         self.shared_epoch = SharedEpoch(0)
+        self.skips = SkipLog()  # the loader shares its own log here
 
     def __len__(self):
         return len(self.items)
@@ -115,16 +90,14 @@ class FolderDataset(Dataset):
             return captions[self._rng(index, 1).choice(others)]
         return first_sentence(captions[line])
 
-    def _image(self, index: int):
-        path = self.items[index].image
-        try:
-            with Image.open(path) as image:
-                return self.transform(image.convert("RGB"))
-        except Exception as error:  # missing or corrupt: name the file rather than fail deep inside PIL
-            raise RuntimeError(f"{self.root}: cannot read image {path}: {error}") from error
-
     def __getitem__(self, index):
+        """``(long_ids,)`` or ``(image, long_ids, short_ids)``; None when the image cannot be decoded (skipped and
+        counted in ``self.skips``; the loader's collate drops it)."""
         long_ids = self.tokenize([self.caption(index)])[0]
         if self.transform is None:
             return (long_ids,)
-        return self._image(index), long_ids, self.tokenize([self.short_caption(index)])[0]
+        pixels = decode_image(self.items[index].image, self.transform, self.skips,
+                              f"{self.root}: image {self.items[index].image}")
+        if pixels is None:
+            return None
+        return pixels, long_ids, self.tokenize([self.short_caption(index)])[0]

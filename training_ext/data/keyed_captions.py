@@ -11,6 +11,7 @@ time, which catches a cache built from another file, column or caption rule.
 """
 import hashlib
 import itertools
+import logging
 import multiprocessing
 import os
 import tarfile
@@ -18,6 +19,10 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional
 
 from training_ext.common.captions import clean_caption, first_sentence
+from training_ext.common.csv_table import read_csv_table
+from training_ext.common.folder_pairs import read_folder_captions
+from training_ext.data.shard_checks import ShardFieldCheck, sample_captions
+from training_ext.data.skips import SHOWN, checked_caption
 
 
 @dataclass(frozen=True)
@@ -55,23 +60,28 @@ def folder_line_key(root: str, image_path: str, line: int) -> str:
 
 # ------------------------------------------------------------------------------------------------- CSV
 
+def _report_skipped(source: str, skipped: List[str]) -> None:
+    """The samples left out by the caption rule training follows (so the cache holds what training reads)."""
+    if skipped:
+        logging.warning(f"{source}: {len(skipped)} samples without a usable caption skipped, as training skips "
+                        f"them (e.g. {'; '.join(skipped[:SHOWN])})")
+
+
 def csv_captions(path: str, caption_key: str = "title", short_caption_key: Optional[str] = None,
                  separator: str = "\t") -> List[KeyedCaption]:
-    """Every data row of an open_clip CSV (only the caption columns are read)."""
-    import pandas as pd
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
-    for key in (caption_key, short_caption_key):
-        if key is not None and key not in frame.columns:
-            raise KeyError(f"{path}: no column {key!r} (columns: {', '.join(map(str, frame.columns))})")
-    shorts = frame[short_caption_key].tolist() if short_caption_key else [None] * len(frame)
-    records = []
-    for row, (caption, short) in enumerate(zip(frame[caption_key].tolist(), shorts)):
-        if not clean_caption(caption):
-            raise ValueError(f"{path}: row {row} has an empty caption in column {caption_key!r}")
-        records.append(keyed_caption(csv_row_key(row), caption, short))
+    """Every data row of an open_clip CSV that training reads (only the caption columns are read); a row with an
+    empty caption is skipped, as training skips it. Raises what ``read_csv_table`` raises."""
+    table = read_csv_table(path, {"--csv-caption-key": caption_key, "--csv-short-caption-key": short_caption_key},
+                           separator)
+    shorts = table.columns[short_caption_key] if short_caption_key else [None] * len(table)
+    records, skipped = [], []
+    for row, (text, short) in enumerate(zip(table.columns[caption_key], shorts)):
+        caption, reason, _ = checked_caption(text, path)
+        if reason:
+            skipped.append(f"{table.where(row)}: {reason}")
+        else:
+            records.append(keyed_caption(csv_row_key(row), caption, short))
+    _report_skipped(path, skipped)
     return records
 
 
@@ -84,52 +94,53 @@ def _split_member_name(name: str):
     return (f"{folder}/{stem}" if folder else stem), (extension if dot else "")
 
 
-def _tar_text_members(url: str, wanted: set) -> Iterator[tuple]:
-    """(key, extension, text) for the wanted text members of one shard; image bytes are skipped unread."""
+def _tar_samples(url: str, wanted: set) -> Iterator[dict]:
+    """The samples of one shard as webdataset groups them (consecutive members of one key): {extension: bytes} for
+    the wanted text members, None for the others (image bytes are skipped unread), plus ``__key__``/``__url__``."""
     if os.path.isfile(url):
         archive = tarfile.open(url, mode="r:*")  # seekable: skipped members are never read
     else:
         from webdataset import gopen
         archive = tarfile.open(fileobj=gopen(url, "rb"), mode="r|*")  # pipe: / http(s): streams
+    sample = None
     with archive:
         for member in archive:
             if not member.isfile():
                 continue
             key, extension = _split_member_name(member.name)
-            if extension in wanted:
-                yield key, extension, archive.extractfile(member).read().decode("utf-8")
+            if sample is None or key != sample["__key__"]:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": url}
+            sample[extension] = archive.extractfile(member).read() if extension in wanted else None
+    if sample is not None:
+        yield sample
 
 
 def webdataset_captions(urls: str, short_caption_key: Optional[str] = None) -> Iterator[KeyedCaption]:
-    """The samples of brace-expanded shards, in shard order; a sample without a ``txt`` member is skipped, as
-    training skips it."""
+    """The samples of brace-expanded shards, in shard order, by training's rules: a sample without a usable
+    caption is skipped (and counted), a shard none of whose samples has a ``txt`` member raises ShardFormatError."""
     from open_clip_train.data import expand_urls
 
     wanted = {"txt"} | ({short_caption_key} if short_caption_key else set())
-    for url in expand_urls(urls)[0]:
-        current, fields = None, {}
-        for key, extension, text in _tar_text_members(url, wanted):
-            if key != current:
-                if current is not None and "txt" in fields:
-                    yield keyed_caption(current, fields["txt"], fields.get(short_caption_key))
-                current, fields = key, {}
-            fields[extension] = text
-        if current is not None and "txt" in fields:
-            yield keyed_caption(current, fields["txt"], fields.get(short_caption_key))
+    skipped = []
+    for sample in ShardFieldCheck()(s for url in expand_urls(urls)[0] for s in _tar_samples(url, wanted)):
+        caption, short, reason, _ = sample_captions(sample, short_caption_key)
+        if reason:
+            skipped.append(f"{sample['__url__']} sample {sample['__key__']}: {reason}")
+        else:
+            yield keyed_caption(sample["__key__"], caption, short)
+    _report_skipped(urls, skipped)
 
 
 # ---------------------------------------------------------------------------------------------- folder
 
 def folder_captions(root: str, progress: bool = False) -> List[KeyedCaption]:
-    """One record per caption line of every image/caption-file pair under ``root``."""
-    from training_ext.common.folder_pairs import pair_folder, read_caption_lines
-
-    pairs = pair_folder(root, progress=progress)
-    records = []
-    for image, text in pairs.pairs:
-        for line, caption in enumerate(read_caption_lines(text)):
-            records.append(keyed_caption(folder_line_key(pairs.root, image, line), caption))
-    return records
+    """One record per caption line of every image/caption-file pair under ``root`` that training reads."""
+    found = read_folder_captions(root, progress=progress)
+    found.report()
+    return [keyed_caption(folder_line_key(found.root, image, line), caption)
+            for image, _, captions in found.items for line, caption in enumerate(captions)]
 
 
 # ------------------------------------------------------------------------------------------ tokenizing

@@ -1,22 +1,20 @@
 """Training and validation data for the two stages: long captions, short captions, and (stage 2) images.
 
 Batches are tuples: ``(long_ids,)`` for text-only data (stage 1 never opens an image), and
-``(images, long_ids, short_ids)`` for image data. Built on open_clip_train.data's pieces (shard lists, shuffles,
+``(images, long_ids, short_ids)`` for image data. Samples without a usable caption or image are skipped and counted
+by one policy for every source (training_ext.data.skips); CSVs are read by training_ext.common.csv_table. Built on open_clip_train.data's pieces (shard lists, shuffles,
 size discovery, DataInfo); open_clip's own CSV / webdataset builders yield only ``(image, text)`` pairs and always
 decode the image, which is what stage 1 must avoid.
 """
 import io
-import logging
 import math
-import multiprocessing
 import os
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple
 
-import pandas as pd
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torch.utils.data.distributed import DistributedSampler
 
 from open_clip_train.data import (
@@ -25,7 +23,11 @@ from open_clip_train.data import (
 
 from training_ext.stages.cached_targets import CachedTextSample, CsvCachedTargets, FolderCachedTargets
 from training_ext.common.captions import clean_caption, first_sentence
+from training_ext.common.csv_table import CsvTable, image_base, read_csv_table, resolve_image_path
 from training_ext.data.folder import FolderDataset
+from training_ext.data.shard_checks import (EmptyDataError, ShardFieldCheck, StallWatchdog, sample_captions,
+                                            sample_fields)
+from training_ext.data.skips import NO_IMAGE, SkipLog, checked_caption, decode_image
 
 _WDS_SAMPLE_SHUFFLE = (5000, 1000)  # (bufsize, initial): open_clip_train's sample shuffle
 _WDS_SHARD_SHUFFLE = (2000, 500)
@@ -34,42 +36,40 @@ _WDS_IMAGE_FIELDS = ("jpg", "png", "jpeg", "webp")
 
 def short_caption_for(long_caption: str, given_short: Optional[str]) -> str:
     """A given (non-empty) short caption wins; otherwise the first sentence of the long caption."""
-    if given_short is not None and not (isinstance(given_short, float) and math.isnan(given_short)):
-        given_short = clean_caption(given_short)
-        if given_short:
-            return given_short
-    return first_sentence(long_caption)
+    return clean_caption(given_short or "") or first_sentence(long_caption)
 
 
 # ----------------------------------------------------------------------------------------------------- CSV
 
-def _read_csv_columns(path: str, sep: str, keys: dict) -> pd.DataFrame:
-    """Read the named columns of an open_clip-style CSV, failing with the file and column at fault."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    for role, key in keys.items():
-        if key is not None and key not in frame.columns:
-            raise KeyError(
-                f"{path}: no column {key!r} for the {role} (columns: {', '.join(map(str, frame.columns))}); "
-                f"set it with --csv-{role.replace(' ', '-')}-key")
-    return frame
-
-
-def _checked_captions(frame: pd.DataFrame, key: str, path: str) -> list:
-    captions = [clean_caption(text) for text in frame[key].tolist()]
-    for row, text in enumerate(captions):
-        if not text:
-            raise ValueError(f"{path}: row {row} has an empty caption in column {key!r}")
-    return captions
+def _captioned_rows(table: CsvTable, key: str, skips: SkipLog) -> List[Tuple[int, str]]:
+    """(data row, cleaned caption) of every row with a caption; a row whose caption is empty or blank is skipped and
+    counted, as a webdataset sample or a folder image without a caption is. Raises ValueError when none is left."""
+    rows = []
+    for row, text in enumerate(table.columns[key]):
+        caption, reason, _ = checked_caption(text, table.path)
+        if reason:
+            skips.skip(reason, f"{table.where(row)} column {key!r}")
+        else:
+            rows.append((row, caption))
+    if not rows:
+        raise ValueError(f"{table.path}: no row has a caption in column {key!r} ({len(table)} rows)")
+    return rows
 
 
 class CsvTextDataset(Dataset):
-    """Long captions of a CSV only: the image column is never read, so stage 1 opens no image file."""
+    """Long captions of a CSV only: the image column is never read, so stage 1 opens no image file.
 
-    def __init__(self, path: str, caption_key: str, tokenizer: Callable, sep: str = "\t"):
-        frame = _read_csv_columns(path, sep, {"caption": caption_key})
-        self.captions = _checked_captions(frame, caption_key, path)
+    ``row_numbers[i]`` is the CSV data row of sample i (rows with an empty caption are left out), the row a teacher
+    cache's ``row<N>`` key names. Raises what ``read_csv_table`` raises, and ValueError when no row has a caption.
+    """
+
+    def __init__(self, path: str, caption_key: str, tokenizer: Callable, sep: str = "\t",
+                 skips: Optional[SkipLog] = None):
+        self.skips = skips or SkipLog()
+        table = read_csv_table(path, {"--csv-caption-key": caption_key}, sep)
+        rows = _captioned_rows(table, caption_key, self.skips)
+        self.row_numbers = [row for row, _ in rows]
+        self.captions = [caption for _, caption in rows]
         self.tokenize = tokenizer
 
     def __len__(self):
@@ -80,18 +80,26 @@ class CsvTextDataset(Dataset):
 
 
 class CsvImageTextDataset(Dataset):
-    """Image, long caption and short caption per CSV row (stage 2 training, stage 1 validation)."""
+    """Image, long caption and short caption per CSV row (stage 2 training, stage 1 validation).
+
+    Relative image paths start from ``image_root``, else from the CSV's folder (training_ext.common.csv_table).
+    Every image file must exist before training starts (FileNotFoundError naming the row and path) unless
+    ``skip_missing``; an image that exists but cannot be decoded gives None from ``__getitem__`` (skipped and
+    counted: the loader's collate drops it). Raises what ``read_csv_table`` raises, and ValueError when no row is left.
+    """
 
     def __init__(self, path: str, image_key: str, caption_key: str, tokenizer: Callable, transform: Callable,
-                 short_caption_key: Optional[str] = None, sep: str = "\t", skip_missing: bool = False):
-        frame = _read_csv_columns(
-            path, sep, {"img": image_key, "caption": caption_key, "short caption": short_caption_key})
+                 short_caption_key: Optional[str] = None, sep: str = "\t", skip_missing: bool = False,
+                 image_root: Optional[str] = None, skips: Optional[SkipLog] = None):
         self.path = path
-        long_captions = _checked_captions(frame, caption_key, path)
-        given_short = frame[short_caption_key].tolist() if short_caption_key else [None] * len(frame)
+        self.skips = skips or SkipLog()
+        table = read_csv_table(path, {"--csv-img-key": image_key, "--csv-caption-key": caption_key,
+                                      "--csv-short-caption-key": short_caption_key}, sep)
+        base = image_base(path, image_root)
         rows = [
-            (row, str(image), long, short_caption_for(long, short))
-            for row, (image, long, short) in enumerate(zip(frame[image_key].tolist(), long_captions, given_short))
+            (row, table.where(row), resolve_image_path(table.columns[image_key][row], base), long,
+             short_caption_for(long, table.columns[short_caption_key][row] if short_caption_key else None))
+            for row, long in _captioned_rows(table, caption_key, self.skips)
         ]
         self.rows = self._rows_with_images(rows, skip_missing)
         self.tokenize = tokenizer
@@ -101,16 +109,15 @@ class CsvImageTextDataset(Dataset):
         """A missing image file stops the run here (row and path named) unless skipping was asked for."""
         present = []
         for entry in rows:
-            row, image_path = entry[0], entry[1]
+            row, where, image_path = entry[:3]
             if os.path.isfile(image_path):
                 present.append(entry)
-            elif not skip_missing:
+            elif skip_missing:
+                self.skips.skip(NO_IMAGE, f"{where}: {image_path}")
+            else:
                 raise FileNotFoundError(
-                    f"{self.path}: row {row}: image file not found: {image_path} "
-                    f"(pass --csv-skip-missing-images to drop such rows)")
-        skipped = len(rows) - len(present)
-        if skipped:
-            logging.warning(f"{self.path}: skipped {skipped} of {len(rows)} rows whose image file is missing")
+                    f"{where}: image file not found: {image_path} (relative paths start from --csv-image-root, "
+                    f"else from the CSV's folder; pass --csv-skip-missing-images to drop such rows)")
         if not present:
             raise ValueError(f"{self.path}: no row has an existing image file")
         return present
@@ -119,12 +126,10 @@ class CsvImageTextDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index):
-        row, image_path, long, short = self.rows[index]
-        try:
-            with Image.open(image_path) as image:
-                pixels = self.transform(image)
-        except Exception as error:  # a corrupt file: name it rather than fail deep inside PIL
-            raise RuntimeError(f"{self.path}: row {row}: cannot read image {image_path}: {error}") from error
+        row, where, image_path, long, short = self.rows[index]
+        pixels = decode_image(image_path, self.transform, self.skips, f"{where}: {image_path}")
+        if pixels is None:
+            return None
         return pixels, self.tokenize([long])[0], self.tokenize([short])[0]
 
 
@@ -167,62 +172,92 @@ class SyntheticImageTextDataset(SyntheticTextDataset):
 # ------------------------------------------------------------------------------------ map-style loaders
 
 class ResumableDistributedSampler(DistributedSampler):
-    """DistributedSampler (seeded, per-epoch permutation, also for one process) that can start mid-epoch.
+    """The epoch's order is DistributedSampler's seeded permutation (also for one process), read from any global
+    position: a resumed run continues at the first sample the killed run had not trained on, under any batch size,
+    --accum-freq or number of processes.
 
-    Using it on one process too makes the order depend only on (seed, epoch): a resumed run sees the batches
-    the killed run had not reached, and N processes with batch B together see exactly the batches one
-    process with batch N*B sees.
+    Global step j of an epoch trains the permutation's positions [j*G, (j+1)*G) (G = batch x accum x processes;
+    process r takes every W-th of them from r), so the samples trained so far are always a prefix of the order, and
+    N processes with batch B together see exactly the batches one process with batch N*B sees.
     """
 
     def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.start_index = 0
 
-    def start_at(self, index: int) -> None:
-        """Skip the first `index` samples of this rank's share of the next epoch (set before iterating)."""
-        self.start_index = index
+    def start_at(self, position: int) -> None:
+        """Start the next epoch at global position ``position`` of its order (set before iterating)."""
+        self.start_index = position
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start_index:])
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)  # DistributedSampler's order, so older runs resume alike
+        remaining = torch.randperm(len(self.dataset), generator=generator).tolist()[self.start_index:]
+        usable = len(remaining) // self.num_replicas * self.num_replicas  # drop_last: every process the same count
+        return iter(remaining[self.rank:usable:self.num_replicas])
 
     def __len__(self):
-        return self.num_samples - self.start_index
+        return (len(self.dataset) - self.start_index) // self.num_replicas
+
+
+def collate_readable(batch: list):
+    """default_collate of the samples that could be read (a dataset gives None for one whose image cannot be
+    decoded, counted in its SkipLog); None when none could. The batch still stands for all its positions in the
+    epoch's order, so a resume continues after them."""
+    present = [sample for sample in batch if sample is not None]
+    return default_collate(present) if present else None
+
+
+class ReadableBatches(DataLoader):
+    """A DataLoader with ``collate_readable``. Training sees a None for a batch of only unreadable samples (the loop
+    counts its positions); validation never does."""
+
+    def __init__(self, dataset, yield_empty: bool, **options):
+        super().__init__(dataset, collate_fn=collate_readable, **options)
+        self.yield_empty = yield_empty
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if batch is not None or self.yield_empty:
+                yield batch
 
 
 def _map_style_data(dataset: Dataset, args, is_train: bool) -> DataInfo:
     sampler = ResumableDistributedSampler(dataset, args.world_size, args.rank, args.seed) if is_train else None
-    loader = DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=False, sampler=sampler, num_workers=args.workers,
-        pin_memory=str(args.device).startswith("cuda"), drop_last=is_train,
+    loader = ReadableBatches(
+        dataset, yield_empty=is_train, batch_size=args.batch_size, shuffle=False, sampler=sampler,
+        num_workers=args.workers, pin_memory=str(args.device).startswith("cuda"), drop_last=is_train,
         persistent_workers=False,
     )
     per_rank = sampler.num_samples if is_train else len(dataset)
     loader.num_batches = per_rank // args.batch_size if is_train else math.ceil(per_rank / args.batch_size)
     loader.num_samples = loader.num_batches * args.batch_size * args.world_size if is_train else len(dataset)
-    return DataInfo(dataloader=loader, sampler=sampler)
+    data = DataInfo(dataloader=loader, sampler=sampler)
+    data.epoch_size = len(dataset)  # what a resume checks: the order is a permutation of this many samples
+    return data
 
 
 # ----------------------------------------------------------------------------------------------- webdataset
 
-class SkipCounter:
-    """Samples dropped by the webdataset pipeline, counted across dataloader worker processes."""
+class _CaptionedSamples:
+    """Pipeline stage between reading a shard and shuffling: decodes the long (``txt``) and short captions and
+    skips (counting) a sample whose caption is missing, empty or blank, or not UTF-8 (skips.checked_caption, the
+    rule every source follows)."""
 
-    def __init__(self):
-        self.value = multiprocessing.Value("i", 0)
+    def __init__(self, skips: SkipLog, short_key: Optional[str]):
+        self.skips = skips
+        self.short_key = short_key
 
-    def add(self, n: int = 1) -> None:
-        with self.value.get_lock():
-            self.value.value += n
-
-    def get(self) -> int:
-        return self.value.value
-
-
-def _decode_text(sample: dict, key: str) -> Optional[str]:
-    value = sample.get(key)
-    if value is None:
-        return None
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    def __call__(self, samples):
+        for sample in samples:
+            caption, short, reason, detail = sample_captions(sample, self.short_key)
+            if reason:
+                self.skips.skip(reason, f"{sample.get('__url__')} sample {sample.get('__key__')}", detail)
+                continue
+            sample["txt"] = caption
+            if self.short_key:
+                sample[self.short_key] = short
+            yield sample
 
 
 class _TextOnlySample:
@@ -232,45 +267,58 @@ class _TextOnlySample:
         self.tokenize = tokenizer
 
     def __call__(self, sample):
-        return (self.tokenize([clean_caption(_decode_text(sample, "txt"))])[0],)
+        return (self.tokenize([sample["txt"]])[0],)
 
 
 class _ImageTextSample:
     """Decode the image (None when it is missing or corrupt: dropped and counted) and both captions."""
 
-    def __init__(self, tokenizer, transform, short_key: Optional[str], skipped: SkipCounter):
+    def __init__(self, tokenizer, transform, short_key: Optional[str], skips: SkipLog):
         self.tokenize = tokenizer
         self.transform = transform
         self.short_key = short_key
-        self.skipped = skipped
+        self.skips = skips
 
     def __call__(self, sample):
+        where = f"{sample.get('__url__')} sample {sample.get('__key__')}"
         field = next((f for f in _WDS_IMAGE_FIELDS if f in sample), None)
         if field is None:
-            self.skipped.add()
+            self.skips.skip(NO_IMAGE, where, f"fields: {', '.join(sample_fields(sample))}")
             return None
-        try:
-            with Image.open(io.BytesIO(sample[field])) as image:
-                pixels = self.transform(image.convert("RGB"))
-        except Exception as error:
-            logging.warning(f"webdataset: skipping sample {sample.get('__key__')} of {sample.get('__url__')}: "
-                            f"corrupt image ({error})")
-            self.skipped.add()
+        pixels = decode_image(io.BytesIO(sample[field]), self.transform, self.skips, f"{where} .{field}")
+        if pixels is None:
             return None
-        long = clean_caption(_decode_text(sample, "txt"))
-        short = short_caption_for(long, _decode_text(sample, self.short_key) if self.short_key else None)
+        long = sample["txt"]
+        short = short_caption_for(long, sample.get(self.short_key) if self.short_key else None)
         return pixels, self.tokenize([long])[0], self.tokenize([short])[0]
-
-
-def _has_caption(sample: dict) -> bool:
-    return "txt" in sample
 
 
 def _not_none(sample) -> bool:
     return sample is not None
 
 
-def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int) -> DataInfo:
+class _GuardedPipeline(wds.DataPipeline):
+    """A DataPipeline whose repeated passes (``with_epoch``) cannot spin forever: webdataset repeats a pass over
+    the shards until the epoch's batches are out, so a pass that yields nothing (every sample skipped) would be
+    repeated endlessly without a word. Such a pass raises EmptyDataError instead."""
+
+    def __init__(self, *stages, where: str, skips: SkipLog):
+        super().__init__(*stages)
+        self.where, self.skips = where, skips
+
+    def iterator(self):
+        for _ in range(self.repetitions):
+            produced = False
+            for item in self.iterator1():
+                produced = True
+                yield item
+            if not produced and self.repetitions > 1:
+                raise EmptyDataError(f"{self.where}: a whole pass over the shards gave no batch"
+                                     + (f" (samples skipped: {self.skips.summary()})" if self.skips.get() else ""))
+
+
+def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int, skips: SkipLog,
+              check: ShardFieldCheck) -> DataInfo:
     shards = args.train_data if is_train else args.val_data
     resampled = getattr(args, "dataset_resampled", False) and is_train
     shared_epoch = SharedEpoch(epoch=epoch)
@@ -285,6 +333,12 @@ def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int) -> DataInfo
     else:
         num_samples = args.val_num_samples or 0
 
+    urls = expand_urls(shards)[0]
+    # Resampled shards never end a pass, so a stream that skips every sample is stopped by how much it reads
+    # without a batch. Good data needs the shuffle's initial fill plus two reads per sample it gives until a batch
+    # is out: the limit allows that with three in four samples skipped.
+    sample_limit = 2 * (_WDS_SAMPLE_SHUFFLE[1] + 4 * args.batch_size)
+    watchdog = StallWatchdog(shards, sample_limit, sample_limit + 2 * len(urls), skips)
     if resampled:
         pipeline = [ResampledShards2(shards, weights=args.train_data_upsampling_factors, deterministic=True,
                                      epoch=shared_epoch)]
@@ -296,16 +350,18 @@ def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int) -> DataInfo
                                      epoch=shared_epoch), wds.split_by_node, wds.split_by_worker]
         # webdataset's own reader: open_clip_train's tarfile_to_samples_nothrow breaks on the end-of-shard
         # marker webdataset >= 1.0 emits (KeyError 'fname' after the first shard)
-        pipeline += [wds.tarfile_to_samples(handler=log_and_continue), wds.shuffle(*_WDS_SAMPLE_SHUFFLE)]
+        pipeline += [watchdog.shards, wds.tarfile_to_samples(handler=log_and_continue), watchdog.samples, check,
+                     _CaptionedSamples(skips, args.wds_short_caption_key), wds.shuffle(*_WDS_SAMPLE_SHUFFLE)]
     else:
-        pipeline += [wds.split_by_worker, wds.tarfile_to_samples(handler=log_and_continue)]
-    pipeline += [wds.select(_has_caption), wds.map(to_sample), wds.select(_not_none),
-                 wds.batched(args.batch_size, partial=not is_train)]
-    dataset = wds.DataPipeline(*pipeline)
+        pipeline += [wds.split_by_worker, wds.tarfile_to_samples(handler=log_and_continue), check,
+                     _CaptionedSamples(skips, args.wds_short_caption_key)]
+    pipeline += [wds.map(to_sample), wds.select(_not_none), wds.batched(args.batch_size, partial=not is_train),
+                 watchdog.reset]
+    dataset = _GuardedPipeline(*pipeline, where=shards, skips=skips)
 
     if is_train:
         if not resampled:
-            num_shards = num_shards or len(expand_urls(shards)[0])
+            num_shards = num_shards or len(urls)
             if num_shards < max(1, args.workers) * args.world_size:
                 raise ValueError(f"{shards}: {num_shards} shards for {args.workers} workers x {args.world_size} "
                                  "processes; need at least one shard per worker")
@@ -321,7 +377,9 @@ def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int) -> DataInfo
                            persistent_workers=args.workers > 0)
     loader.num_batches = num_batches
     loader.num_samples = num_samples
-    return DataInfo(dataloader=loader, shared_epoch=shared_epoch)
+    data = DataInfo(dataloader=loader, shared_epoch=shared_epoch)
+    data.epoch_size = num_samples
+    return data
 
 
 # ------------------------------------------------------------------------------------------------- public
@@ -340,10 +398,12 @@ def dataset_type(args, path: Optional[str]) -> str:
     raise ValueError(f"cannot tell the dataset type of {path!r} from its extension; pass --dataset-type")
 
 
-def _folder_data(args, path: str, tokenizer, transform, is_train: bool, teacher_cache=None) -> DataInfo:
+def _folder_data(args, path: str, tokenizer, transform, is_train: bool, skips: SkipLog,
+                 teacher_cache=None) -> DataInfo:
     """A folder dataset; validation always reads the first line, so its captions do not change."""
     dataset = FolderDataset(path, tokenizer, transform, args.folder_caption_line if is_train else "first",
                             args.folder_short_line, seed=args.seed)
+    dataset.skips = skips
     data = _map_style_data(FolderCachedTargets(dataset, teacher_cache) if teacher_cache else dataset, args,
                            is_train)
     data.shared_epoch = dataset.shared_epoch  # DataInfo.set_epoch redraws the caption lines
@@ -352,28 +412,35 @@ def _folder_data(args, path: str, tokenizer, transform, is_train: bool, teacher_
 
 def get_text_data(args, tokenizer, epoch: int = 0, teacher_cache=None) -> DataInfo:
     """Stage-1 training data: long captions only, batches ``(long_ids,)``; with a teacher cache
-    ``(long_ids, cached teacher embedding)``."""
+    ``(long_ids, cached teacher embedding)``. ``.skipped`` (a SkipLog) counts the samples left out, ``.epoch_size``
+    is the number of samples an epoch's order is drawn from."""
     kind = dataset_type(args, args.train_data)
+    skips = SkipLog()
     if kind == "synthetic" and teacher_cache is None:
-        return _map_style_data(SyntheticTextDataset(args.train_num_samples or 64, tokenizer), args, True)
-    if kind == "csv":
-        dataset = CsvTextDataset(args.train_data, args.csv_caption_key, tokenizer, sep=args.csv_separator)
-        return _map_style_data(CsvCachedTargets(dataset, teacher_cache) if teacher_cache else dataset, args, True)
-    if kind == "webdataset":
+        data = _map_style_data(SyntheticTextDataset(args.train_num_samples or 64, tokenizer), args, True)
+    elif kind == "csv":
+        dataset = CsvTextDataset(args.train_data, args.csv_caption_key, tokenizer, sep=args.csv_separator,
+                                 skips=skips)
+        data = _map_style_data(CsvCachedTargets(dataset, teacher_cache) if teacher_cache else dataset, args, True)
+    elif kind == "webdataset":
         to_sample = _TextOnlySample(tokenizer)
-        return _wds_data(args, True, CachedTextSample(to_sample, teacher_cache) if teacher_cache else to_sample,
-                         epoch)
-    if kind == "folder":
-        return _folder_data(args, args.train_data, tokenizer, None, True, teacher_cache)
-    raise ValueError(f"unsupported --dataset-type {kind!r}" + (" with --teacher-cache" if teacher_cache else ""))
+        data = _wds_data(args, True, CachedTextSample(to_sample, teacher_cache) if teacher_cache else to_sample,
+                         epoch, skips, ShardFieldCheck())
+    elif kind == "folder":
+        data = _folder_data(args, args.train_data, tokenizer, None, True, skips, teacher_cache)
+    else:
+        raise ValueError(f"unsupported --dataset-type {kind!r}" + (" with --teacher-cache" if teacher_cache else ""))
+    data.skipped = skips
+    return data
 
 
 def get_image_text_data(args, tokenizer, transform, is_train: bool, epoch: int = 0,
                         image_size=None) -> DataInfo:
-    """Image data, batches ``(images, long_ids, short_ids)``; ``.skipped`` counts dropped webdataset samples."""
+    """Image data, batches ``(images, long_ids, short_ids)``; ``.skipped`` (a SkipLog) counts the samples left
+    out (empty captions, undecodable images, ...), ``.epoch_size`` as in get_text_data."""
     path = args.train_data if is_train else args.val_data
     kind = dataset_type(args, path)
-    skipped = SkipCounter()
+    skips = SkipLog()
     if kind == "synthetic":
         size = (args.train_num_samples if is_train else args.val_num_samples) or 64
         data = _map_style_data(SyntheticImageTextDataset(size, tokenizer, transform, image_size), args, is_train)
@@ -382,25 +449,31 @@ def get_image_text_data(args, tokenizer, transform, is_train: bool, epoch: int =
             path, args.csv_img_key, args.csv_caption_key, tokenizer, transform,
             # validation ranks long captions only, so its CSV needs no short-caption column
             short_caption_key=args.csv_short_caption_key if is_train else None, sep=args.csv_separator,
-            skip_missing=args.csv_skip_missing_images)
+            skip_missing=args.csv_skip_missing_images, image_root=getattr(args, "csv_image_root", None),
+            skips=skips)
         data = _map_style_data(dataset, args, is_train)
     elif kind == "webdataset":
-        data = _wds_data(args, is_train, _ImageTextSample(tokenizer, transform, args.wds_short_caption_key, skipped),
-                         epoch)
+        data = _wds_data(args, is_train, _ImageTextSample(tokenizer, transform, args.wds_short_caption_key, skips),
+                         epoch, skips, ShardFieldCheck(image_fields=_WDS_IMAGE_FIELDS))
     elif kind == "folder":
-        data = _folder_data(args, path, tokenizer, transform, is_train)
+        data = _folder_data(args, path, tokenizer, transform, is_train, skips)
     else:
         raise ValueError(f"unsupported --dataset-type {kind!r}")
-    data.skipped = skipped
+    data.skipped = skips
     return data
 
 
-def start_epoch_at(data: DataInfo, epoch: int, batches_done: int) -> None:
-    """Set the epoch (reshuffles) and, when resuming mid-epoch, skip the batches already trained on.
+def start_epoch_at(data: DataInfo, epoch: int, samples_done: int, args) -> int:
+    """Set the epoch (reshuffles) and start it after its first ``samples_done`` samples (all processes together);
+    returns the batches this process gives for the rest of the epoch.
 
-    Map-style data skips exactly those samples; a webdataset stream cannot be rewound, so the loop just runs
-    the remaining number of batches of that epoch from a fresh stream.
+    Map-style data (CSV, folder, synthetic) continues exactly at the next unseen sample of the epoch's order, under
+    any batch size, --accum-freq or number of processes. A webdataset stream cannot be rewound: it runs the
+    remaining batches of the epoch from a fresh stream, which is why a resume refuses a changed batch layout for
+    it (training_ext.engine.checkpoint.check_resume_position).
     """
     data.set_epoch(epoch)
     if isinstance(data.sampler, ResumableDistributedSampler):
-        data.sampler.start_at(batches_done * data.dataloader.batch_size)
+        data.sampler.start_at(samples_done)
+        return len(data.sampler) // args.batch_size
+    return data.dataloader.num_batches - samples_done // (args.batch_size * args.world_size)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from training_ext.common.file_io import read_json_or, write_json
+from training_ext.common.text_files import read_text
 
 FORMAT = "open_clip_ext-teacher-cache"
 VERSION = 1
@@ -94,7 +95,10 @@ class CacheHeader:
 
 def read_header(path: str) -> CacheHeader:
     header_path = os.path.join(path, HEADER_FILE)
-    data = read_json_or(header_path, None)
+    try:
+        data = read_json_or(header_path, None)
+    except ValueError as error:  # not UTF-8 or not JSON: the message names the file and position
+        raise TeacherCacheError(str(error)) from None
     if data is None:
         raise TeacherCacheError(f"{path}: no {HEADER_FILE}; not a teacher cache folder")
     return CacheHeader.from_json(data, header_path)
@@ -160,8 +164,7 @@ class TeacherCacheWriter:
             handle.write(b"".join(line + b"\n" for line in lines))
 
     def _read_index_keys(self) -> List[str]:
-        with open(os.path.join(self.path, INDEX_FILE), encoding="utf-8") as handle:
-            return [line.split("\t", 1)[0] for line in handle.read().splitlines()]
+        return [line.split("\t", 1)[0] for line in read_text(os.path.join(self.path, INDEX_FILE)).splitlines()]
 
     def append(self, keys: Sequence[str], digests: Sequence[str], long: torch.Tensor, short: torch.Tensor) -> None:
         width = self.header.embedding_width
@@ -211,11 +214,10 @@ class TeacherCache:
                                         f"({self.header.rows} rows x {self.header.embedding_width} float32)")
         self.row_of: Dict[str, int] = {}
         self.digests: List[str] = []
-        with open(os.path.join(path, INDEX_FILE), encoding="utf-8") as handle:
-            for row, line in enumerate(handle.read().splitlines()):
-                key, _, digest = line.partition("\t")
-                self.row_of[key] = row
-                self.digests.append(digest)
+        for row, line in enumerate(read_text(os.path.join(path, INDEX_FILE)).splitlines()):
+            key, _, digest = line.partition("\t")
+            self.row_of[key] = row
+            self.digests.append(digest)
         if len(self.digests) != self.header.rows:
             raise TeacherCacheError(f"{path}/{INDEX_FILE}: {len(self.digests)} lines for {self.header.rows} rows")
         self._arrays = {}

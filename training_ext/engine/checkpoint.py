@@ -1,10 +1,12 @@
 """Checkpoints: atomic writes, `--resume latest`, and the non-finite-loss guard that protects them.
 
 A checkpoint is open_clip_train's dict {'epoch', 'step', 'name', 'state_dict', 'optimizer', 'scaler'} plus
-'model_cfg' (the trained model's open_clip config, checked by open_clip_ext's loader). 'epoch' counts completed
-epochs and 'step' completed optimizer steps, so a mid-epoch checkpoint resumes at step - epoch * steps_per_epoch
-batches into epoch 'epoch'. The state_dict is the whole trained model (text and vision tower), so
-``open_clip.create_model(name, pretrained=path)`` loads it directly.
+'model_cfg' (the trained model's open_clip config, checked by open_clip_ext's loader) and 'data_position'. 'epoch'
+counts completed epochs and 'step' completed optimizer steps. 'data_position' says where in the data the run
+stands, in samples, with the flags that define that position (``data_position``): a mid-epoch checkpoint resumes
+at sample 'epoch_samples' of epoch 'epoch''s order, and the learning-rate schedule at 'samples_seen'. The
+state_dict is the whole trained model (text and vision tower), so ``open_clip.create_model(name, pretrained=path)``
+loads it directly.
 """
 import glob
 import logging
@@ -12,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -50,7 +52,8 @@ def publish_copy(source: str, path: str) -> None:
     os.replace(temporary, path)
 
 
-def checkpoint_dict(model, optimizer, scaler, epoch: int, step: int, name: str, model_cfg: Optional[dict]) -> dict:
+def checkpoint_dict(model, optimizer, scaler, epoch: int, step: int, name: str, model_cfg: Optional[dict],
+                    data_position: Optional[dict] = None) -> dict:
     state = {
         "epoch": epoch,
         "step": step,
@@ -58,6 +61,8 @@ def checkpoint_dict(model, optimizer, scaler, epoch: int, step: int, name: str, 
         "state_dict": model.state_dict(),
         "optimizer": optimizer.state_dict(),
     }
+    if data_position is not None:
+        state["data_position"] = data_position
     if scaler.is_enabled():  # a disabled scaler's state is empty, and an enabled one refuses to load that
         state["scaler"] = scaler.state_dict()
     if model_cfg is not None:
@@ -124,3 +129,51 @@ def ensure_finite(loss: torch.Tensor, distributed: bool) -> None:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if finite.item() < 1:
         raise NonFiniteLossError(f"non-finite loss ({loss.detach().float().item()} on this process)")
+
+
+# --------------------------------------------------------------------------------------- data positions
+
+class ResumeRefused(SystemExit):
+    """--resume cannot continue the checkpoint's epoch at its next unseen sample under this run's flags. Raised
+    before any training step, so no checkpoint is written; the message names the flag and its old and new values."""
+
+
+# The flags that define where a data position points, how a user sets each, and whether a source that resumes
+# sample-exactly (CSV, folder, synthetic: a seeded permutation read from any position) accepts a change mid-epoch.
+# A webdataset stream cannot be rewound, so it accepts none mid-epoch.
+_POSITION_FLAGS = {
+    "dataset_type": ("--dataset-type / --train-data", False),
+    "seed": ("--seed (it fixes each epoch's order)", False),
+    "batch_size": ("--batch-size", True),
+    "accum_freq": ("--accum-freq", True),
+    "world_size": ("the number of processes (torchrun --nproc_per_node x nodes)", True),
+    "workers": ("--workers (webdataset splits shards by worker)", True),
+    # last: a webdataset epoch's size follows the flags above, which are named first
+    "epoch_size": ("the training data (samples an epoch is drawn from: --train-data, --train-num-samples)", False),
+}
+
+
+def data_position(epoch_samples: int, samples_seen: int, layout: Dict) -> dict:
+    """What a checkpoint stores about the data: samples of the current epoch already trained (a prefix of its
+    order), samples trained since the run began (the lr schedule's position), and ``layout``: the flags of
+    _POSITION_FLAGS plus 'sample_exact' (whether the source can resume at any sample)."""
+    return {"epoch_samples": int(epoch_samples), "samples_seen": int(samples_seen), **layout}
+
+
+def check_resume_position(saved: Dict, layout: Dict, epoch: int, where: str) -> None:
+    """Refuse (ResumeRefused) a mid-epoch resume whose flags would not continue the saved epoch at its next unseen
+    sample: a changed order (data, seed) for any source; for a source that cannot resume sample-exactly, also a
+    changed batch size, --accum-freq, process or worker count. At an epoch boundary every flag may change."""
+    if not saved.get("epoch_samples"):
+        return
+    for key, (flag, exact_may_change) in _POSITION_FLAGS.items():
+        if key not in saved or key not in layout or saved[key] == layout[key]:
+            continue
+        if exact_may_change and layout.get("sample_exact"):
+            continue
+        reason = ("a webdataset stream cannot be resumed at a given sample" if exact_may_change
+                  else "the epoch's order would change")
+        raise ResumeRefused(
+            f"--resume {where}: cannot continue epoch {epoch} after its first {saved['epoch_samples']} samples: "
+            f"{flag} was {saved[key]!r}, now {layout[key]!r} ({reason}). Resume with the old value, or from an "
+            f"epoch-end checkpoint (epoch_{epoch}.pt), where it may change")

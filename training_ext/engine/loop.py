@@ -6,8 +6,8 @@ around it the way open_clip_train's ``train_one_epoch`` and ``main`` do.
 """
 import logging
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -15,8 +15,11 @@ from tqdm import tqdm
 from open_clip_train.distributed import is_master
 from open_clip_train.train import AverageMeter
 
-from training_ext.engine.checkpoint import NonFiniteLossError, checkpoint_dict, save_training_state
-from training_ext.data.loaders import start_epoch_at
+from training_ext.engine.checkpoint import (NonFiniteLossError, ResumeRefused, check_resume_position, checkpoint_dict,
+                                           data_position, save_training_state)
+from training_ext.engine.optim import schedule_step
+from training_ext.data.loaders import dataset_type, start_epoch_at
+from training_ext.data.shard_checks import EmptyDataError
 
 try:
     import wandb
@@ -35,6 +38,9 @@ class TrainState:
     epoch: int = 0                    # completed epochs
     step: int = 0                     # completed optimizer steps
     last_checkpoint: Optional[str] = None
+    epoch_samples: int = 0            # samples of epoch `epoch` trained (all processes): a prefix of its order
+    samples_seen: int = 0             # samples trained since the run began: the lr schedule's position
+    data_layout: Dict = field(default_factory=dict)  # the flags that define those positions (checkpoint.py)
 
 
 def apply_update(state: TrainState, grad_clip_norm: Optional[float]) -> None:
@@ -51,7 +57,8 @@ def save(state: TrainState, args, end_of_epoch: bool) -> None:
     if not args.save_logs:
         return
     snapshot = checkpoint_dict(state.model, state.optimizer, state.scaler, state.epoch, state.step, args.name,
-                               state.model_cfg)
+                               state.model_cfg, data_position(state.epoch_samples, state.samples_seen,
+                                                              state.data_layout))
     state.last_checkpoint = save_training_state(
         snapshot, args.checkpoint_path, end_of_epoch, args.epochs, args.save_frequency,
         args.delete_previous_checkpoint)
@@ -91,8 +98,8 @@ class StepLogger:
             scalars["skipped_samples"] = skipped.get()
         total = self.data.dataloader.num_samples
         logging.info(
-            f"Train Epoch: {self.epoch} [{steps_in_epoch * global_batch}/{total} "
-            f"({100.0 * steps_in_epoch / self.steps_per_epoch:.0f}%)] "
+            f"Train Epoch: {self.epoch} [{state.epoch_samples}/{total} "
+            f"({100.0 * state.epoch_samples / total:.0f}%)] "
             f"Data (t): {self.data_time.avg:.3f} Batch (t): {self.batch_time.avg:.3f}, "
             f"{samples_per_second:#g}/s, {samples_per_second / args.world_size:#g}/s/gpu "
             f"LR: {scalars['lr']:5f} "
@@ -108,66 +115,157 @@ class StepLogger:
         self.data_time.reset()
 
 
+def global_batch(args) -> int:
+    """Samples one optimizer step trains, all processes together."""
+    return args.batch_size * args.accum_freq * args.world_size
+
+
+def data_layout(args, data) -> dict:
+    """The flags that define a data position (see checkpoint._POSITION_FLAGS) for this run's training data."""
+    kind = dataset_type(args, args.train_data)
+    return {"dataset_type": kind, "seed": args.seed, "batch_size": args.batch_size, "accum_freq": args.accum_freq,
+            "world_size": args.world_size, "workers": args.workers, "epoch_size": int(data.epoch_size),
+            "sample_exact": kind != "webdataset"}
+
+
+def position_training(state: TrainState, args, data, steps_per_epoch: int) -> None:
+    """Set where training continues: the resumed checkpoint's data position, checked against this run's flags
+    (ResumeRefused before any step when they cannot continue it), or for a checkpoint older than data positions,
+    one derived from its step count under this run's flags. Raises ResumeRefused."""
+    state.data_layout = data_layout(args, data)
+    saved = getattr(args, "resume_position", None)
+    if saved is not None:
+        check_resume_position(saved, state.data_layout, state.epoch, args.resume)
+        state.epoch_samples, state.samples_seen = int(saved["epoch_samples"]), int(saved["samples_seen"])
+    elif state.step:
+        state.epoch_samples = (state.step - state.epoch * steps_per_epoch) * global_batch(args)
+        state.samples_seen = state.step * global_batch(args)
+        logging.warning(f"--resume {args.resume} has no data position (an older checkpoint): taking its step count "
+                        f"in this run's global batch of {global_batch(args)}, which is right only if --batch-size, "
+                        f"--accum-freq and the process count are those of the run that wrote it")
+        if not 0 <= state.epoch_samples <= data.dataloader.num_samples:
+            raise ResumeRefused(f"--resume {args.resume}: step {state.step} does not fall in epoch {state.epoch} "
+                                f"of {steps_per_epoch} steps under this run's flags; resume with the --batch-size, "
+                                f"--accum-freq and process count of the run that wrote it")
+
+
+def usable_micro_batches(pending: List, args) -> Tuple[List, int]:
+    """The micro-batches of one step without their unreadable samples, and how many samples other processes' gaps
+    cost this one. A None micro-batch (every sample unreadable) is left out; with several processes every micro-batch
+    is cut to the shortest process's length, so that all-gathers and gradient averaging see equal shapes."""
+    sizes = [0 if batch is None else len(batch[0]) for batch in pending]
+    agreed = sizes
+    if args.distributed:
+        shortest = torch.tensor(sizes, dtype=torch.long, device=args.device)
+        torch.distributed.all_reduce(shortest, op=torch.distributed.ReduceOp.MIN)
+        agreed = shortest.tolist()
+    usable = [batch if keep == size else tuple(part[:keep] for part in batch)
+              for batch, size, keep in zip(pending, sizes, agreed) if keep > 0]
+    return usable, sum(sizes) - sum(agreed)
+
+
 def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Callable, writer,
               extra_scalars: Callable, steps_per_epoch: int) -> None:
-    """Train from the current step to the end of epoch ``state.epoch`` (mid-epoch after a resume)."""
+    """Train from the current position to the end of epoch ``state.epoch`` (mid-epoch after a resume).
+
+    Positions advance by the global batch per step whether or not some of its samples were unreadable (they are
+    counted in the data's SkipLog), so a resume continues after them. Raises EmptyDataError when the epoch gives
+    no batch or trains no step, RuntimeError when the data runs out early."""
     epoch = state.epoch
-    steps_done = state.step - epoch * steps_per_epoch
-    start_epoch_at(data, epoch, steps_done * args.accum_freq)
+    step_samples = global_batch(args)
+    steps_left = start_epoch_at(data, epoch, state.epoch_samples, args) // args.accum_freq
+    steps_before = steps_per_epoch - steps_left  # in this run's steps, for the log and the progress bar
     state.trained.train()
     logger = StepLogger(args, data, writer, epoch, steps_per_epoch, extra_scalars)
-    progress = tqdm(total=steps_per_epoch, initial=steps_done, desc=f"{args.stage} epoch {epoch}",
+    progress = tqdm(total=steps_per_epoch, initial=steps_before, desc=f"{args.stage} epoch {epoch}",
                     disable=not is_master(args), dynamic_ncols=True, leave=False)
-    micro_batches = []
+    steps_run, steps_trained, batches, uneven, pending = 0, 0, 0, 0, []
     end = time.time()
-    for batch in data.dataloader:
-        micro_batches.append(batch)
-        if len(micro_batches) < args.accum_freq:
+    for batch in (data.dataloader if steps_left > 0 else ()):
+        batches += 1
+        pending.append(batch)
+        if len(pending) < args.accum_freq:
             continue
         logger.data_time.update(time.time() - end)
-        if not args.skip_scheduler:
-            state.scheduler(state.step)
-        state.optimizer.zero_grad(set_to_none=True)
-        try:
-            losses = step_fn(micro_batches)
-        except NonFiniteLossError as error:
-            message = (f"{error} at epoch {epoch} step {state.step}; stopping. The last good checkpoint is "
-                       f"untouched: {state.last_checkpoint or 'none was written yet'}")
-            logging.error(message)
-            raise NonFiniteLossError(message) from None
-        apply_update(state, args.grad_clip_norm)
-        after_update()
-        micro_batches = []
-        state.step += 1
-        steps_done += 1
+        micro_batches, cut = usable_micro_batches(pending, args)
+        uneven += cut
+        pending = []
+        if micro_batches:
+            if not args.skip_scheduler:
+                state.scheduler(schedule_step(state.samples_seen, step_samples))
+            state.optimizer.zero_grad(set_to_none=True)
+            try:
+                losses = step_fn(micro_batches)
+            except NonFiniteLossError as error:
+                message = (f"{error} at epoch {epoch} step {state.step}; stopping. The last good checkpoint is "
+                           f"untouched: {state.last_checkpoint or 'none was written yet'}")
+                logging.error(message)
+                raise NonFiniteLossError(message) from None
+            apply_update(state, args.grad_clip_norm)
+            after_update()
+            state.step += 1
+            steps_trained += 1
+        else:
+            logging.warning(f"epoch {epoch}: a step skipped: none of its micro-batches had a readable sample on "
+                            f"every process (the unreadable ones are counted)")
+        state.epoch_samples += step_samples
+        state.samples_seen += step_samples
+        steps_run += 1
         logger.batch_time.update(time.time() - end)
-        logger.log(state, losses, steps_done)
+        if micro_batches:
+            logger.log(state, losses, steps_before + steps_run)
         progress.update(1)
-        if steps_done >= steps_per_epoch:
+        if steps_run >= steps_left:
             break
-        if args.save_every_n_steps and state.step % args.save_every_n_steps == 0:
+        if micro_batches and args.save_every_n_steps and state.step % args.save_every_n_steps == 0:
             save(state, args, end_of_epoch=False)
         end = time.time()
     progress.close()
-    if steps_done < steps_per_epoch:
-        raise RuntimeError(f"epoch {epoch} ended after {steps_done} of {steps_per_epoch} steps: the data ran out "
+    _report_skipped(data, epoch, uneven)
+    if steps_left > 0 and not batches:
+        raise EmptyDataError(f"epoch {epoch} gave no batch at all: the training data yielded nothing"
+                             + _skip_note(data))
+    if steps_run < steps_left:
+        raise RuntimeError(f"epoch {epoch} ended after {steps_run} of {steps_left} steps: the data ran out "
                            "(check --train-num-samples against the shards)")
+    if steps_left > 0 and not steps_trained:
+        raise EmptyDataError(f"epoch {epoch} trained no step: no sample could be read" + _skip_note(data))
+
+
+def _skip_note(data) -> str:
+    skipped = getattr(data, "skipped", None)
+    return f" (samples skipped: {skipped.summary()})" if skipped is not None and skipped.get() else ""
+
+
+def _report_skipped(data, epoch: int, uneven: int) -> None:
+    """Samples left out so far, by reason, at every epoch end (the first few were named as they happened)."""
+    skipped = getattr(data, "skipped", None)
+    if skipped is not None and skipped.get():
+        logging.warning(f"epoch {epoch}: samples skipped so far: {skipped.summary()}")
+    if uneven:
+        logging.warning(f"epoch {epoch}: {uneven} readable samples left out to keep every process's batch the same "
+                        f"size as the shortest (another process had unreadable samples)")
 
 
 def train(state: TrainState, args, data, step_fn: Callable, after_update: Callable, evaluate: Callable, writer,
           extra_scalars: Callable = dict) -> None:
-    """Epochs from ``state.epoch`` to ``args.epochs``: train, validate, checkpoint, keep processes in step."""
+    """Epochs from ``state.epoch`` to ``args.epochs``: train, validate, checkpoint, keep processes in step.
+
+    Raises ResumeRefused (before any step) when a resumed position cannot be continued under this run's flags."""
     steps_per_epoch = data.dataloader.num_batches // args.accum_freq
     if steps_per_epoch < 1:
         raise ValueError(f"an epoch has {data.dataloader.num_batches} batches of {args.batch_size} per process, "
                          f"fewer than --accum-freq {args.accum_freq}: use less --batch-size or --accum-freq")
+    position_training(state, args, data, steps_per_epoch)
     if state.epoch >= args.epochs:
         logging.info(f"nothing to train: {state.epoch} of {args.epochs} epochs already done")
     while state.epoch < args.epochs:
         if is_master(args):
-            logging.info(f"Start epoch {state.epoch}")
+            logging.info(f"Start epoch {state.epoch}" + (f" at sample {state.epoch_samples}" if state.epoch_samples
+                                                           else ""))
         run_epoch(state, args, data, step_fn, after_update, writer, extra_scalars, steps_per_epoch)
         state.epoch += 1
+        state.epoch_samples = 0
         if is_master(args):
             evaluate(state.epoch)
         save(state, args, end_of_epoch=True)

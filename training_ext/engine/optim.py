@@ -69,3 +69,11 @@ def create_scheduler(optimizer, args, steps_per_epoch: int):
         return const_lr_cooldown(optimizer, args.lr, args.warmup, total_steps, steps_per_epoch * args.epochs_cooldown,
                                  args.lr_cooldown_power, args.lr_cooldown_end)
     raise ValueError(f"unknown --lr-scheduler {args.lr_scheduler!r}: cosine, const or const-cooldown")
+
+
+def schedule_step(samples_seen: int, global_batch: int):
+    """The schedule's position: the samples trained so far, counted in optimizer steps of this run's global batch
+    (batch x accum x processes). A run resumed with another batch size stays at the same fraction of training
+    (the schedules above are over this run's steps per epoch x epochs); for an unchanged run it is the step count."""
+    steps, rest = divmod(samples_seen, global_batch)
+    return steps if rest == 0 else samples_seen / global_batch

@@ -70,6 +70,9 @@ def start_run(args) -> torch.device:
         if name.startswith("torch"):  # setup_logging lowered every logger; torch's INFO chatter is noise here
             logging.getLogger(name).setLevel(logging.WARNING)
 
+    for note in getattr(args, "flag_notes", []):  # what TULIP's form and left-out flags were taken to mean
+        logging.info(f"flags: {note}")
+
     args.wandb = "wandb" in args.report_to or "all" in args.report_to
     args.tensorboard = "tensorboard" in args.report_to or "all" in args.report_to
     args.checkpoint_path = os.path.join(run_dir, "checkpoints")

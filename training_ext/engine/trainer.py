@@ -9,24 +9,28 @@ The sequence (``run_training``):
   -> --resume -> tokenizer -> stage.train_data -> validation data -> lr schedule -> wandb -> DDP wrap of
   stage.training_module -> TrainState -> stage.make_step -> validation -> epoch loop.
 """
-import argparse
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 import open_clip
 import torch
+from open_clip_ext.convert import CheckpointError
 from torch import nn
 
+from training_ext.common.csv_table import CsvFormatError
+from training_ext.common.text_files import TextDecodeError
 from training_ext.data.loaders import get_image_text_data
+from training_ext.data.shard_checks import EmptyDataError, ShardFormatError
 from training_ext.engine.builders import resume_if_asked, trained_model_config
 from training_ext.engine.distributed import wrap_for_processes
 from training_ext.engine.loop import TrainState, train
 from training_ext.engine.optim import create_optimizer, create_scaler, create_scheduler
 from training_ext.data.teacher_cache import TeacherCacheError
 from training_ext.engine.checkpoint import NonFiniteLossError
-from training_ext.engine.params import parse_args
-from training_ext.engine.session import (finish_run, open_tensorboard, open_wandb, seed_everything, start_run,
-                                         write_params)
+from training_ext.engine.params import StageFlags, fail
+from training_ext.engine.session import (RunSetupError, finish_run, open_tensorboard, open_wandb, seed_everything,
+                                         start_run, write_params)
 from training_ext.engine.validation import make_retrieval_validation
 
 
@@ -49,19 +53,9 @@ class StageModels:
         return self.preprocess_val.transforms[0].size
 
 
-class TrainingStage:
-    """A TULIP stage as the engine sees it. Subclasses set ``name`` (``args.stage``) and ``prog`` and override
-    the hooks; everything not overridden is the engine's default."""
-    name: str = ""
-    prog: str = ""
-    description: str = ""
-
-    # ------------------------------------------------------------------ flags
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add this stage's own flags (shown first in --help)."""
-
-    def check_arguments(self, args: argparse.Namespace) -> None:
-        """Refuse inconsistent flags of this stage with SystemExit (before any model is built)."""
+class TrainingStage(StageFlags):
+    """A TULIP stage as the engine sees it: its command line (``StageFlags``: name, flags, checks; importable
+    without torch) plus the hooks below. Everything not overridden is the engine's default."""
 
     # ------------------------------------------------------------------ hooks
     def build_models(self, args, device: torch.device) -> StageModels:
@@ -109,7 +103,7 @@ def run_training(stage: TrainingStage, args, device: torch.device, writer) -> Tr
     scheduler = create_scheduler(optimizer, args, train_data.dataloader.num_batches // args.accum_freq)
     open_wandb(args, train_data.dataloader.num_samples)
 
-    trained = wrap_for_processes(stage.training_module(models), args, device)
+    trained = compile_if_asked(wrap_for_processes(stage.training_module(models), args, device), args)
     state = TrainState(model=models.model, trained=trained, optimizer=optimizer, scaler=scaler, scheduler=scheduler,
                        model_cfg=trained_model_config(args, models.model), epoch=epoch, step=step,
                        last_checkpoint=args.resume)
@@ -133,12 +127,26 @@ def run_stage(args, stage: TrainingStage) -> TrainState:
         finish_run(args, writer, completed)
 
 
-def command_line(argv: Optional[Sequence[str]], stage: TrainingStage) -> None:
-    """The entry points' main(): parse the flags, run, and turn a non-finite loss into a clean exit message."""
-    args = parse_args(argv, stage=stage)
+def compile_if_asked(trained: nn.Module, args) -> nn.Module:
+    """--torchcompile as open_clip_train's main applies it: torch.compile of the module the step runs (after the
+    DDP wrap); checkpoints keep saving the uncompiled model, which shares its weights."""
+    if not args.torchcompile:
+        return trained
+    if args.grad_checkpointing and args.distributed:
+        # open_clip_train's workaround: compile + grad checkpointing work, but DDP's dynamo optimizer must be off
+        torch._dynamo.config.optimize_ddp = False
+    logging.info("--torchcompile: compiling the trained module")
+    return torch.compile(trained)
+
+
+def run_command(args, stage: TrainingStage) -> TrainState:
+    """The entry points' main() after parsing: run, and turn a stop the user can act on into one message."""
     try:
-        run_stage(args, stage)
+        return run_stage(args, stage)
     except NonFiniteLossError as error:
         raise SystemExit(f"stopped: {error}")
-    except TeacherCacheError as error:  # a --teacher-cache that does not belong to this run
-        raise SystemExit(f"error: {error}")
+    except (TeacherCacheError, CheckpointError) as error:  # a cache or checkpoint file that does not fit the run
+        fail(stage.prog, str(error))  # (what the flags and saved configs reveal is refused before anything is built)
+    except (ShardFormatError, EmptyDataError, CsvFormatError, TextDecodeError, RunSetupError) as error:
+        # bad data found once reading starts: the message names the file, row or shard; a traceback adds nothing
+        fail(stage.prog, str(error))

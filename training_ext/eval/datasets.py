@@ -2,18 +2,23 @@
 
 A retrieval reader returns a RetrievalSet: image paths, captions, and for each caption the index of
 its image. A classification reader returns a ClassificationSet. Every path comes from the caller;
-a missing or malformed file is reported with its path (and row or key) in a BenchmarkError.
+a missing or malformed file is reported with its path (and row or key) in a BenchmarkError, and so
+are files that do not pair up as the release defines them (an image without its caption file, or the
+reverse). Files that the reference protocol itself skips are named in RetrievalSet.skipped instead.
+
+A blank or whitespace-only caption follows the reference protocol: where the peer's code passes it to
+the tokenizer as it is, it is kept (and counted in the protocol card); otherwise the reader stops.
 """
-import csv
 import json
 import os
 import re
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
-
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 from training_ext.common.captions import clean_caption
+from training_ext.common.csv_table import DEFAULT_SEPARATOR, image_base, read_csv_table, resolve_image_path
+from training_ext.common.text_files import TextDecodeError, read_json, read_text
 
 
 class BenchmarkError(ValueError):
@@ -25,6 +30,7 @@ class RetrievalSet:
     image_paths: List[str]
     captions: List[str]
     caption_image: List[int]  # caption_image[c] = index into image_paths of the image caption c describes
+    skipped: List[str] = field(default_factory=list)  # files the reference protocol leaves out, by name
 
 
 @dataclass
@@ -35,13 +41,29 @@ class ClassificationSet:
     wnids: List[str]
 
 
+# caption normalisations, as the protocol card names them
+CLEANED = "white space runs (newlines included) collapsed to single spaces, ends stripped"
+RAW = "none: the text exactly as in the file"
+LOTLIP = ("LoTLIP's split_caption: split on newlines, '</s>' and every '.', pieces stripped, empty pieces "
+          "dropped, rejoined with '. ' (no final period)")
+OWN_PROTOCOL = "none: this project's own protocol"
+
+
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    protocol: str            # what exactly the numbers mean; goes into results.json
+    protocol: str            # "<protocol name>: what exactly the numbers mean"; goes into results.json
     reader: Callable         # reader(path, image_root) -> RetrievalSet | ClassificationSet
     path_help: str           # what the path argument is
     image_root_option: Optional[str] = None  # name of the option that gives the image folder, if any
+    peer: str = OWN_PROTOCOL  # the peer file (repository, path, commit) whose reading this protocol follows
+    normalisation: str = CLEANED  # what is done to each caption before tokenizing
+    short_captions: bool = False  # one-sentence captions: the caption perturbations do not apply
+    release_counts: Optional[Tuple[int, int]] = None  # (images, captions) of the full release, when fixed
+
+    @property
+    def protocol_name(self) -> str:
+        return self.protocol.split(":", 1)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,10 +82,16 @@ def _require_dir(path: str, what: str) -> None:
 def _load_json(path: str, what: str):
     _require_file(path, what)
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise BenchmarkError(f"{what} {path} is not valid JSON: {e}") from e
+        return read_json(path)
+    except ValueError as e:  # not UTF-8 (byte offset) or not JSON (line, column); the message names the file
+        raise BenchmarkError(f"{what}: {e}") from None
+
+
+def _read_text(path: str) -> str:
+    try:
+        return read_text(path)
+    except TextDecodeError as e:
+        raise BenchmarkError(str(e)) from None
 
 
 def _require_images_exist(paths: List[str], benchmark: str) -> None:
@@ -73,10 +101,58 @@ def _require_images_exist(paths: List[str], benchmark: str) -> None:
         raise BenchmarkError(f"{benchmark}: {len(missing)} of {len(paths)} images are missing, e.g. {shown}")
 
 
-def _require_caption(text, where: str) -> str:
-    if not isinstance(text, str) or not text.strip():
+def _caption_text(text, where: str, keep_blank: bool, normalise: Callable[[str], str] = clean_caption) -> str:
+    """A caption as the protocol uses it. A blank one stops the run unless the reference protocol keeps it."""
+    if not isinstance(text, str) or not (keep_blank or text.strip()):
         raise BenchmarkError(f"empty or missing caption at {where}")
-    return clean_caption(text)
+    return normalise(text)
+
+
+def _require_caption(text, where: str) -> str:
+    return _caption_text(text, where, keep_blank=False)
+
+
+def _keep_caption(text, where: str) -> str:
+    return _caption_text(text, where, keep_blank=True)
+
+
+_LOTLIP_SPLIT = re.compile(r"\n|</s>|[.]")
+
+
+def lotlip_normalise(text: str) -> str:
+    """LoTLIP's caption normalisation (split_caption, then '. '.join), exactly as its loaders apply it."""
+    return ". ".join(piece.strip() for piece in _LOTLIP_SPLIT.split(text) if piece.strip())
+
+
+def _raw(text: str) -> str:
+    return text
+
+
+def _name_some(names: List[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _read_jsonlines(path: str, what: str):
+    """[(line number, object)] of a JSON-lines file; blank lines are skipped."""
+    _require_file(path, what)
+    rows = []
+    for line_number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((line_number, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise BenchmarkError(f"{what} {path} line {line_number} is not valid JSON: {e}") from e
+    return rows
+
+
+def _one_item_per_entry(image_paths: List[str], captions: List[str], benchmark: str,
+                        skipped: Optional[List[str]] = None) -> RetrievalSet:
+    """One image item per annotation entry (the peers index entry i as image i and caption i)."""
+    if not captions:
+        raise BenchmarkError(f"{benchmark}: no image/caption pairs found")
+    _require_images_exist(image_paths, benchmark)
+    return RetrievalSet(image_paths, captions, list(range(len(captions))), list(skipped or []))
 
 
 def _group_captions_by_image(pairs, image_root: str, benchmark: str) -> RetrievalSet:
@@ -97,23 +173,42 @@ def _group_captions_by_image(pairs, image_root: str, benchmark: str) -> Retrieva
 # readers
 
 def read_urban1k(root: str, image_root: Optional[str] = None) -> RetrievalSet:
-    """Urban1k/caption/<name>.txt (caption = first line) paired with Urban1k/image/<name>.jpg."""
+    """Urban1k/caption/<name>.txt (caption = first line) paired with Urban1k/image/<name>.jpg.
+
+    The release pairs every caption file with the image of the same name: a caption file without its
+    image, or an image without its caption file, stops the run (the peers would crash on the first and
+    silently drop the second).
+    """
     caption_dir, image_dir = os.path.join(root, "caption"), os.path.join(root, "image")
     _require_dir(caption_dir, "Urban1k caption folder")
     _require_dir(image_dir, "Urban1k image folder")
     caption_files = sorted(f for f in os.listdir(caption_dir) if f.endswith(".txt"))
     if not caption_files:
         raise BenchmarkError(f"Urban1k: no .txt caption files in {caption_dir}")
+    image_files = {f for f in os.listdir(image_dir) if f.endswith(".jpg")}
+    caption_stems = {os.path.splitext(f)[0] for f in caption_files}
+    without_image = [f for f in caption_files if os.path.splitext(f)[0] + ".jpg" not in image_files]
+    without_caption = sorted(f for f in image_files if os.path.splitext(f)[0] not in caption_stems)
+    if without_image or without_caption:
+        problems = []
+        if without_image:
+            problems.append(f"{len(without_image)} of {len(caption_files)} caption files have no image "
+                            f"in {image_dir}: {_name_some(without_image)}")
+        if without_caption:
+            problems.append(f"{len(without_caption)} of {len(image_files)} images have no caption file "
+                            f"in {caption_dir}: {_name_some(without_caption)}")
+        raise BenchmarkError("Urban1k: unpaired files (the release pairs caption/<name>.txt with "
+                             "image/<name>.jpg): " + "; ".join(problems))
     pairs = []
     for caption_file in caption_files:
         path = os.path.join(caption_dir, caption_file)
-        with open(path, "r", encoding="utf-8") as f:
-            first_line = f.readline()
-        pairs.append((os.path.splitext(caption_file)[0] + ".jpg", _require_caption(first_line, path)))
+        first_line = _read_text(path).split("\n", 1)[0]
+        pairs.append((os.path.splitext(caption_file)[0] + ".jpg", _keep_caption(first_line, path)))
     return _group_captions_by_image(pairs, image_dir, "Urban1k")
 
 
-def _read_sharegpt4v(json_path: str, image_root: Optional[str], count: int) -> RetrievalSet:
+def _read_sharegpt4v(json_path: str, image_root: Optional[str], count: int,
+                     normalise: Callable[[str], str] = clean_caption) -> RetrievalSet:
     if image_root is None:
         raise BenchmarkError("ShareGPT4V needs the image root folder (--sharegpt4v-root)")
     _require_dir(image_root, "ShareGPT4V image root")
@@ -130,10 +225,9 @@ def _read_sharegpt4v(json_path: str, image_root: Optional[str], count: int) -> R
         except (KeyError, IndexError, TypeError) as e:
             raise BenchmarkError(f"{where}: expected 'image' and conversations[1].value ({e!r} missing)") from e
         image_paths.append(os.path.join(image_root, image))
-        captions.append(_require_caption(caption, where))
-    _require_images_exist(image_paths, "ShareGPT4V")
+        captions.append(_caption_text(caption, where, keep_blank=True, normalise=normalise))
     # one entry = one image: even if two entries named the same file they stay separate items
-    return RetrievalSet(image_paths, captions, list(range(count)))
+    return _one_item_per_entry(image_paths, captions, "ShareGPT4V")
 
 
 def read_sharegpt4v_1k(json_path: str, image_root: Optional[str] = None, count: int = 1000) -> RetrievalSet:
@@ -142,28 +236,35 @@ def read_sharegpt4v_1k(json_path: str, image_root: Optional[str] = None, count: 
 
 
 def read_sharegpt4v_10k(json_path: str, image_root: Optional[str] = None, count: int = 10000) -> RetrievalSet:
-    """LoTLIP's share4v_sam_10k.json (same entry format), first `count` (10000) entries."""
+    """LoTLIP's share4v_sam_10k.json (same entry format), first `count` (10000) entries, white space
+    collapsed only (not LoTLIP's normalisation: that is read_sharegpt4v_lotlip)."""
     return _read_sharegpt4v(json_path, image_root, count)
 
 
-def read_caption_csv(csv_path: str, image_root: Optional[str] = None, what: str = "caption csv") -> RetrievalSet:
-    """An open_clip CSV (tab-separated `filepath`, `title`), one caption per image; relative paths resolve
-    against image_root (default: the CSV's folder)."""
+def read_sharegpt4v_lotlip(json_path: str, image_root: Optional[str] = None, count: int = 10000) -> RetrievalSet:
+    """LoTLIP's share4v_val_dataset: the first `count` (1000 or 10000) entries of share4v_sam_10k.json,
+    image = root/entry['image'], caption = conversations[1].value with LoTLIP's normalisation."""
+    return _read_sharegpt4v(json_path, image_root, count, normalise=lotlip_normalise)
+
+
+def read_caption_csv(csv_path: str, image_root: Optional[str] = None, what: str = "caption csv",
+                     separator: str = DEFAULT_SEPARATOR, img_key: str = "filepath",
+                     caption_key: str = "title") -> RetrievalSet:
+    """An open_clip CSV read as training reads it (training_ext.common.csv_table: never quoted, relative image paths
+    from image_root, else from the CSV's folder), one caption per image. An empty caption or image path, a missing
+    image, a malformed row or a file that is not UTF-8 is a BenchmarkError naming the file and line."""
     _require_file(csv_path, what)
-    root = image_root if image_root is not None else os.path.dirname(os.path.abspath(csv_path))
-    with open(csv_path, "r", encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        columns = reader.fieldnames or []
-        if "filepath" not in columns or "title" not in columns:
-            raise BenchmarkError(f"{csv_path}: expected tab-separated columns 'filepath' and 'title', found {columns}")
-        rows = list(reader)
+    try:
+        table = read_csv_table(csv_path, {"--csv-img-key": img_key, "--csv-caption-key": caption_key}, separator)
+    except (ValueError, KeyError) as e:  # CsvFormatError, CsvColumnError, TextDecodeError
+        raise BenchmarkError(f"{what}: {e}") from None
+    base = image_base(csv_path, image_root)
     image_paths, captions = [], []
-    for line_number, row in enumerate(rows, start=2):
-        where = f"{csv_path} line {line_number}"
-        if not row["filepath"]:
-            raise BenchmarkError(f"{where}: empty filepath")
-        image_paths.append(os.path.join(root, row["filepath"]))
-        captions.append(_require_caption(row["title"], where))
+    for row, (image, caption) in enumerate(zip(table.columns[img_key], table.columns[caption_key])):
+        if not image.strip():
+            raise BenchmarkError(f"{table.where(row)}: empty {img_key!r}")
+        image_paths.append(resolve_image_path(image, base))
+        captions.append(_require_caption(caption, table.where(row)))
     if not captions:
         raise BenchmarkError(f"{csv_path}: no rows")
     _require_images_exist(image_paths, what)
@@ -176,10 +277,14 @@ def read_long_dci(csv_path: str, image_root: Optional[str] = None) -> RetrievalS
     return read_caption_csv(csv_path, image_root, "Long-DCI")
 
 
-def caption_csv_benchmark(name: str) -> Benchmark:
-    """A user's own held-out CSV as a named benchmark (eval's --csv NAME=PATH)."""
-    return Benchmark(name, f"{name}: open_clip caption CSV (tab-separated filepath/title), 1 caption per image",
-                     lambda path, image_root: read_caption_csv(path, image_root, name), "an open_clip caption CSV")
+def caption_csv_benchmark(name: str, separator: str = DEFAULT_SEPARATOR, img_key: str = "filepath",
+                          caption_key: str = "title") -> Benchmark:
+    """A user's own held-out CSV as a named benchmark (eval's --csv NAME=PATH, with training's --csv-* flags)."""
+    layout = f"{'tab' if separator == DEFAULT_SEPARATOR else repr(separator)}-separated {img_key}/{caption_key}"
+    return Benchmark(name, f"{name}: open_clip caption CSV ({layout}), 1 caption per image",
+                     lambda path, image_root: read_caption_csv(path, image_root, name, separator, img_key,
+                                                               caption_key),
+                     "an open_clip caption CSV")
 
 
 def read_coco_5k(root: str, image_root: Optional[str] = None, captions_per_image: int = 5) -> RetrievalSet:
@@ -199,7 +304,7 @@ def read_coco_5k(root: str, image_root: Optional[str] = None, captions_per_image
             where = f"{ann_path} annotations[{index}]"
             if annotation["image_id"] not in captions_of:
                 raise BenchmarkError(f"{where}: image_id {annotation['image_id']} is not in 'images'")
-            captions_of[annotation["image_id"]].append(_require_caption(annotation["caption"], where))
+            captions_of[annotation["image_id"]].append(_keep_caption(annotation["caption"], where))
     except (KeyError, TypeError) as e:
         raise BenchmarkError(f"{ann_path}: not a COCO caption file ({e!r} missing)") from e
     pairs = []
@@ -223,7 +328,7 @@ def read_flickr30k_karpathy(json_path: str, image_root: Optional[str] = None, sp
                 continue
             for sentence_index, sentence in enumerate(image["sentences"]):
                 where = f"{json_path} images[{index}].sentences[{sentence_index}]"
-                pairs.append((image["filename"], _require_caption(sentence["raw"], where)))
+                pairs.append((image["filename"], _keep_caption(sentence["raw"], where)))
     except (KeyError, TypeError) as e:
         raise BenchmarkError(f"{json_path}: not a Karpathy split file ({e!r} missing)") from e
     if not pairs:
@@ -262,8 +367,7 @@ def read_flickr30k_full(annotation_path: str, image_root: Optional[str] = None) 
         raise BenchmarkError("Flickr30k needs the image folder (--flickr30k-images)")
     _require_dir(image_root, "Flickr30k image folder")
     _require_file(annotation_path, "Flickr30k caption file")
-    with open(annotation_path, "r", encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = _read_text(annotation_path).splitlines()
     is_csv = bool(lines) and lines[0].replace(" ", "").startswith("image_name|")
     parse_line = _flickr_csv_line if is_csv else _flickr_token_line
     pairs = []
@@ -272,8 +376,149 @@ def read_flickr30k_full(annotation_path: str, image_root: Optional[str] = None) 
             continue
         where = f"{annotation_path} line {line_number}"
         name, caption = parse_line(line, where)
-        pairs.append((name, _require_caption(caption, where)))
+        pairs.append((name, _keep_caption(caption, where)))
     return _group_captions_by_image(pairs, image_root, "Flickr30k")
+
+
+def read_coco_karpathy(json_path: str, image_root: Optional[str] = None, split: str = "test") -> RetrievalSet:
+    """Karpathy's dataset_coco.json, `test` split: 5000 images with all their captions (25,010), as
+    clip_benchmark's mscoco_captions reads its test split. Images in cocoid order (torchvision's
+    CocoCaptions, which clip_benchmark uses, sorts image ids), captions in file order; image path =
+    image_root/<filepath>/<filename> (image_root defaults to the json's folder, holding val2014/)."""
+    root = image_root if image_root is not None else os.path.dirname(os.path.abspath(json_path))
+    _require_dir(root, "COCO image root (the folder holding val2014/)")
+    data = _load_json(json_path, "COCO Karpathy split json")
+    entries = []
+    try:
+        for index, image in enumerate(data["images"]):
+            if image["split"] != split:
+                continue
+            captions = [_keep_caption(sentence["raw"], f"{json_path} images[{index}].sentences[{n}]")
+                        for n, sentence in enumerate(image["sentences"])]
+            if not captions:
+                raise BenchmarkError(f"{json_path} images[{index}] ({image['filename']}) has no sentence")
+            entries.append((image["cocoid"], os.path.join(image["filepath"], image["filename"]), captions))
+    except (KeyError, TypeError) as e:
+        raise BenchmarkError(f"{json_path}: not Karpathy's dataset_coco.json ({e!r} missing)") from e
+    if not entries:
+        raise BenchmarkError(f"{json_path}: no images in split '{split}'")
+    ids = [cocoid for cocoid, _, _ in entries]
+    if len(set(ids)) != len(ids):
+        raise BenchmarkError(f"{json_path}: a cocoid appears twice in split '{split}'")
+    pairs = [(name, caption) for _, name, captions in sorted(entries) for caption in captions]
+    return _group_captions_by_image(pairs, root, "COCO Karpathy")
+
+
+def _read_docci(root: str, image_root: Optional[str], splits: Tuple[str, ...], benchmark: str) -> RetrievalSet:
+    """DOCCI's docci_descriptions.jsonlines: the entries of `splits` (in that order, file order within a
+    split), image = images/<image_file>, caption = description as it is."""
+    path = os.path.join(root, "docci_descriptions.jsonlines")
+    image_dir = image_root if image_root is not None else os.path.join(root, "images")
+    _require_dir(image_dir, "DOCCI image folder")
+    selected: Dict[str, List[Tuple[str, str]]] = {split: [] for split in splits}
+    for line_number, entry in _read_jsonlines(path, "DOCCI descriptions"):
+        where = f"{path} line {line_number}"
+        try:
+            split = entry["split"]
+            if split in selected:
+                selected[split].append((entry["image_file"], _caption_text(entry["description"], where, True, _raw)))
+        except (KeyError, TypeError) as e:
+            raise BenchmarkError(f"{where}: expected 'split', 'image_file' and 'description' ({e!r} missing)") from e
+    counts = Counter(name for split in splits for name, _ in selected[split])
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        raise BenchmarkError(f"{path}: DOCCI has one description per image, but {_name_some(repeated)} "
+                             f"appear more than once in split(s) {', '.join(splits)}")
+    pairs = [pair for split in splits for pair in selected[split]]
+    return _one_item_per_entry([os.path.join(image_dir, name) for name, _ in pairs],
+                               [caption for _, caption in pairs], benchmark)
+
+
+def read_docci_test(root: str, image_root: Optional[str] = None) -> RetrievalSet:
+    """DOCCI test split (5,000 images): entries with split == 'test'."""
+    return _read_docci(root, image_root, ("test",), "DOCCI")
+
+
+def read_docci_goal(root: str, image_root: Optional[str] = None) -> RetrievalSet:
+    """GOAL's DOCCI test set (5,100 images): the 'qual_test' entries, then the 'test' ones (GOAL's
+    datasets/docci_test.json lists them in that order)."""
+    return _read_docci(root, image_root, ("qual_test", "test"), "DOCCI (GOAL)")
+
+
+# LoTLIP's iiw_retrieval_dataset: annotation file part -> image subfolder, in LoTLIP's order
+IIW_PARTS = (("DOCCI_Test", "docci"), ("IIW-400", "docci_aar"), ("DCI_Test", "dci"))
+
+
+def read_iiw(root: str, image_root: Optional[str] = None) -> RetrievalSet:
+    """IIW (612 images) as LoTLIP reads it: root/<part>/data.jsonl for DOCCI_Test (100), IIW-400 (400)
+    and DCI_Test (112), from google/imageinwords datasets/. Fields read: the image name from 'image'
+    (DOCCI_Test, DCI_Test) or else 'image/key' (IIW-400), '.jpg' appended when the name holds no '.jpg';
+    the caption from 'IIW' (the human-authored description), LoTLIP-normalised. Image =
+    image_root/<docci|docci_aar|dci>/<name> (image_root defaults to root)."""
+    images = image_root if image_root is not None else root
+    image_paths, captions = [], []
+    for part, subfolder in IIW_PARTS:
+        path = os.path.join(root, part, "data.jsonl")
+        for line_number, entry in _read_jsonlines(path, f"IIW {part} annotations"):
+            where = f"{path} line {line_number}"
+            if not isinstance(entry, dict):
+                raise BenchmarkError(f"{where}: expected a JSON object")
+            name = entry.get("image", entry.get("image/key"))
+            if not isinstance(name, str) or not name:
+                raise BenchmarkError(f"{where}: neither 'image' nor 'image/key' names the image")
+            if ".jpg" not in name:
+                name += ".jpg"
+            if "IIW" not in entry:
+                raise BenchmarkError(f"{where}: no 'IIW' description")
+            image_paths.append(os.path.join(images, subfolder, name))
+            captions.append(_caption_text(entry["IIW"], where, True, lotlip_normalise))
+    return _one_item_per_entry(image_paths, captions, "IIW")
+
+
+def _read_dci_annotations(root: str, image_root: Optional[str], caption_of: Callable[[dict], str],
+                          normalise: Callable[[str], str], benchmark: str) -> RetrievalSet:
+    """Every annotation file splits.json lists (train + valid + test: 7,805), in its order, as LoTLIP's
+    and FLAIR's DCI loaders read them: root/densely_captioned_images/{splits.json, annotations/, photos/}.
+    Annotation files that splits.json does not list are left out, as by the peers, and named."""
+    base = os.path.join(root, "densely_captioned_images")
+    splits_path = os.path.join(base, "splits.json")
+    annotation_dir = os.path.join(base, "annotations")
+    photo_dir = image_root if image_root is not None else os.path.join(base, "photos")
+    _require_dir(annotation_dir, "DCI annotation folder")
+    _require_dir(photo_dir, "DCI photo folder")
+    splits = _load_json(splits_path, "DCI splits.json")
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        raise BenchmarkError(f"{splits_path}: expected {{split name: [annotation file, ...]}}")
+    files = [name for names in splits.values() for name in names]
+    if len(set(files)) != len(files):
+        raise BenchmarkError(f"{splits_path}: an annotation file is listed twice")
+    missing = [name for name in files if not os.path.isfile(os.path.join(annotation_dir, name))]
+    if missing:
+        raise BenchmarkError(f"{benchmark}: {len(missing)} of {len(files)} annotation files listed in "
+                             f"{splits_path} are missing from {annotation_dir}: {_name_some(missing)}")
+    unlisted = sorted(set(n for n in os.listdir(annotation_dir) if n.endswith(".json")) - set(files))
+    image_paths, captions = [], []
+    for name in files:
+        path = os.path.join(annotation_dir, name)
+        annotation = _load_json(path, "DCI annotation")
+        try:
+            image_paths.append(os.path.join(photo_dir, annotation["image"]))
+            captions.append(_caption_text(caption_of(annotation), path, True, normalise))
+        except (KeyError, TypeError) as e:
+            raise BenchmarkError(f"{path}: not a DCI annotation ({e!r} missing)") from e
+    return _one_item_per_entry(image_paths, captions, benchmark,
+                               [os.path.join(annotation_dir, name) for name in unlisted])
+
+
+def read_dci_lotlip(root: str, image_root: Optional[str] = None) -> RetrievalSet:
+    """DCI as LoTLIP and FLAIR read it: caption = short_caption + newline + extra_caption, LoTLIP-normalised."""
+    return _read_dci_annotations(root, image_root, lambda a: f"{a['short_caption']}\n{a['extra_caption']}",
+                                 lotlip_normalise, "DCI (LoTLIP)")
+
+
+def read_dci_fgclip(root: str, image_root: Optional[str] = None) -> RetrievalSet:
+    """DCI as FG-CLIP reads it: caption = extra_caption alone, as it is."""
+    return _read_dci_annotations(root, image_root, lambda a: a["extra_caption"], _raw, "DCI (FG-CLIP)")
 
 
 def _imagenet_wnid_classnames() -> Dict[str, str]:
@@ -288,6 +533,7 @@ def _imagenet_wnid_classnames() -> Dict[str, str]:
 def read_imagenet_val(root: str, image_root: Optional[str] = None) -> ClassificationSet:
     """ImageFolder of the validation set: root/<wnid>/<image>. A folder with only some classes gives
     a classification among those classes (the class count is reported)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS  # deferred: torchvision imports torch
     _require_dir(root, "ImageNet validation folder")
     classnames_of = _imagenet_wnid_classnames()
     wnids = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
@@ -308,27 +554,93 @@ def read_imagenet_val(root: str, image_root: Optional[str] = None) -> Classifica
 
 
 # ----------------------------------------------------------------------------------------------
-# registry: benchmark name -> reader and protocol
+# registry: benchmark name -> reader and protocol. Peer files: docs/benchmarks.md (commits there).
+
+LONGCLIP = "beichenzbc/Long-CLIP@3966af9"
+TULIP = "ivonajdenkoska/tulip@132c174"
+LOTLIP_REPO = "wuw2019/LoTLIP@b3a369c"
+FLAIR = "ExplainableML/flair@0f9ce05"
 
 BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("urban1k", "urban1k: Urban1k/caption/<name>.txt first line <-> Urban1k/image/<name>.jpg, 1 caption per image",
-              read_urban1k, "the Urban1k folder (holding image/ and caption/)"),
+              read_urban1k, "the Urban1k folder (holding image/ and caption/)",
+              peer=f"{LONGCLIP} eval/retrieval/Urban1k.py; {TULIP} eval/urban1k.py", release_counts=(1000, 1000)),
     Benchmark("sharegpt4v-1k", "sharegpt4v-1k: first 1000 entries of the ShareGPT4V caption json "
               "(share-captioner_coco_lcs_sam_1246k_1107.json), 1 caption per image",
-              read_sharegpt4v_1k, "the ShareGPT4V caption json", "sharegpt4v_root"),
-    Benchmark("sharegpt4v-10k", "sharegpt4v-10k (share4v_sam_10k.json): LoTLIP's 10,000 entries, 1 caption per image",
-              read_sharegpt4v_10k, "LoTLIP's share4v_sam_10k.json", "sharegpt4v_root"),
+              read_sharegpt4v_1k, "the ShareGPT4V caption json", "sharegpt4v_root",
+              peer=f"{TULIP} eval/sharegpt4v.py", release_counts=(1000, 1000)),
+    Benchmark("sharegpt4v-10k", "sharegpt4v-10k (share4v_sam_10k.json): LoTLIP's 10,000 entries, 1 caption per image, "
+              "white space collapsed only (LoTLIP's own normalisation: sharegpt4v-10k-lotlip)",
+              read_sharegpt4v_10k, "LoTLIP's share4v_sam_10k.json", "sharegpt4v_root",
+              peer=f"{LOTLIP_REPO} dataloaders/share4v.py (entries only)", release_counts=(10000, 10000)),
+    Benchmark("sharegpt4v-1k-lotlip", "sharegpt4v-sam-1k-lotlip: first 1000 entries of LoTLIP's share4v_sam_10k.json, "
+              "LoTLIP's caption normalisation, 1 caption per image",
+              lambda path, root: read_sharegpt4v_lotlip(path, root, 1000), "LoTLIP's share4v_sam_10k.json",
+              "sharegpt4v_root", peer=f"{LOTLIP_REPO} dataloaders/share4v.py, scripts/eval.sh; {FLAIR} src/flair/data.py",
+              normalisation=LOTLIP, release_counts=(1000, 1000)),
+    Benchmark("sharegpt4v-10k-lotlip", "sharegpt4v-sam-10k-lotlip: all 10,000 entries of LoTLIP's share4v_sam_10k.json, "
+              "LoTLIP's caption normalisation, 1 caption per image",
+              read_sharegpt4v_lotlip, "LoTLIP's share4v_sam_10k.json", "sharegpt4v_root",
+              peer=f"{LOTLIP_REPO} dataloaders/share4v.py, scripts/eval.sh; {FLAIR} src/flair/data.py",
+              normalisation=LOTLIP, release_counts=(10000, 10000)),
     Benchmark("long-dci", "long-dci: dci_long.csv (DCI entries with a non-empty extra_caption), 1 caption per image",
-              read_long_dci, "dci_long.csv (tab-separated filepath/title)", "long_dci_root"),
+              read_long_dci, "dci_long.csv (tab-separated filepath/title)", "long_dci_root",
+              peer=f"{TULIP} eval/dci_long.py, open_clip/data_prep/dci_long_part.py"),
+    Benchmark("dci-lotlip", "dci-7805-lotlip: every DCI annotation listed in splits.json, caption = short_caption + "
+              "extra_caption, LoTLIP's caption normalisation, 1 caption per image",
+              read_dci_lotlip, "the DCI folder (holding densely_captioned_images/)", "dci_images",
+              peer=f"{LOTLIP_REPO} dataloaders/dci_retrieval.py; {FLAIR} src/flair/data.py read_dci_pairs",
+              normalisation=LOTLIP, release_counts=(7805, 7805)),
+    Benchmark("dci-fgclip", "dci-7805-fgclip: every DCI annotation listed in splits.json, caption = extra_caption "
+              "alone, 1 caption per image",
+              read_dci_fgclip, "the DCI folder (holding densely_captioned_images/)", "dci_images",
+              peer="360CVGroup/FG-CLIP scripts/eval/eval_long.sh (its dci_retrieval reader is not public; "
+                   "extra caption only per the FG-CLIP paper; commit not verified)",
+              normalisation=RAW, release_counts=(7805, 7805)),
+    Benchmark("docci", "docci-test-5k: DOCCI docci_descriptions.jsonlines entries with split == 'test', "
+              "caption = description, 1 caption per image",
+              read_docci_test, "the DOCCI folder (holding docci_descriptions.jsonlines and images/)", "docci_images",
+              peer=f"google/docci release; {FLAIR} datasets/EVAL_DATASETS.md (the 5K test images)",
+              normalisation=RAW, release_counts=(5000, 5000)),
+    Benchmark("docci-goal", "docci-goal-5100: DOCCI entries with split 'qual_test' then 'test' (GOAL's test set), "
+              "caption = description, 1 caption per image",
+              read_docci_goal, "the DOCCI folder (holding docci_descriptions.jsonlines and images/)", "docci_images",
+              peer="PerceptualAI-Lab/GOAL@34f018e retrieval_goal.py, datasets/docci_test.json",
+              normalisation=RAW, release_counts=(5100, 5100)),
+    Benchmark("iiw", "iiw-612-lotlip: IIW DOCCI_Test + IIW-400 + DCI_Test data.jsonl ('IIW' description), "
+              "LoTLIP's caption normalisation, 1 caption per image",
+              read_iiw, "the IIW folder (holding DOCCI_Test/, IIW-400/, DCI_Test/ data.jsonl)", "iiw_images",
+              peer=f"{LOTLIP_REPO} dataloaders/iiw_retrieval.py; {FLAIR} src/flair/data.py read_iiw_pairs",
+              normalisation=LOTLIP, release_counts=(612, 612)),
     Benchmark("coco-5k", "coco-val2017-5k: val2017 images, first 5 captions each; image->text hit = any of its captions",
-              read_coco_5k, "the COCO folder (holding val2017/ and annotations/captions_val2017.json)"),
+              read_coco_5k, "the COCO folder (holding val2017/ and annotations/captions_val2017.json)",
+              peer=f"{LONGCLIP} eval/retrieval/coco.py; {TULIP} eval/coco.py", short_captions=True,
+              release_counts=(5000, 25000)),
+    Benchmark("coco-karpathy-5k", "coco-karpathy-5k-all: Karpathy test split (5000 images, all 25,010 captions); "
+              "image->text hit = any of its captions",
+              read_coco_karpathy, "Karpathy's dataset_coco.json", "coco_karpathy_images",
+              peer="LAION-AI/CLIP_benchmark clip_benchmark/datasets/builder.py (mscoco_captions), "
+                   "metrics/zeroshot_retrieval.py@082089f",
+              normalisation=RAW, short_captions=True, release_counts=(5000, 25010)),
     Benchmark("flickr30k-karpathy-1k", "flickr30k-karpathy-1k: Karpathy test split (1000 images x 5 captions); "
               "image->text hit = any of its captions",
-              read_flickr30k_karpathy, "Karpathy's dataset_flickr30k.json", "flickr30k_images"),
+              read_flickr30k_karpathy, "Karpathy's dataset_flickr30k.json", "flickr30k_images",
+              short_captions=True, release_counts=(1000, 5000)),
     Benchmark("flickr30k-full-31k", "flickr30k-full-31k: all 31,783 images x 5 captions (Long-CLIP/TULIP protocol); "
               "image->text hit = any of its captions",
-              read_flickr30k_full, "results_20130124.token or results.csv", "flickr30k_images"),
+              read_flickr30k_full, "results_20130124.token or results.csv", "flickr30k_images",
+              peer=f"{LONGCLIP} eval/retrieval/flickr30k.py; {TULIP} eval/flickr30.py", short_captions=True,
+              release_counts=(31783, 158915)),
     Benchmark("imagenet", "imagenet-zeroshot: open_clip zero-shot classifier (OPENAI_IMAGENET_TEMPLATES) on the "
               "validation ImageFolder, top-1/top-5 accuracy over the classes present",
-              read_imagenet_val, "the ImageNet validation ImageFolder (<wnid>/<image>)"),
+              read_imagenet_val, "the ImageNet validation ImageFolder (<wnid>/<image>)",
+              peer="open_clip_train zero_shot.py (the classifier and templates)", release_counts=(50000, 1000)),
 ]}
+
+# --help of the image-root options of the long-caption protocols (the older ones are spelled out in the runner)
+IMAGE_ROOT_HELP = {
+    "dci_images": "the DCI photos folder (default: <DCI>/densely_captioned_images/photos)",
+    "docci_images": "the DOCCI images folder (default: <DOCCI>/images)",
+    "iiw_images": "the folder holding IIW's docci/, docci_aar/ and dci/ image folders (default: the IIW folder)",
+    "coco_karpathy_images": "the folder holding val2014/ (default: dataset_coco.json's folder)",
+}

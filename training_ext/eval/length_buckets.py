@@ -72,8 +72,31 @@ def _bucket_index(token_counts: torch.Tensor, edges: Sequence[int]) -> torch.Ten
     return torch.bucketize(token_counts, torch.tensor(list(edges), dtype=token_counts.dtype))
 
 
-def _percent_hits(ranks: torch.Tensor) -> Optional[float]:
-    return 100.0 * (ranks < 1).double().mean().item() if ranks.numel() else None
+def _percent_hits(ranks: torch.Tensor, k: int = 1) -> Optional[float]:
+    return 100.0 * (ranks < k).double().mean().item() if ranks.numel() else None
+
+
+def metrics_by_bucket(
+        image_ranks: torch.Tensor,
+        text_ranks: torch.Tensor,
+        caption_bucket: torch.Tensor,
+        image_bucket: torch.Tensor,
+        labels: Sequence[str],
+        ks: Sequence[int] = (1,),
+) -> List[Dict]:
+    """Recall@k per bucket: text->image over the captions in it, image->text over the images in it.
+
+    caption_bucket[c] / image_bucket[i] index `labels`; recall of an empty bucket is None.
+    """
+    rows = []
+    for index, label in enumerate(labels):
+        in_caption_bucket, in_image_bucket = caption_bucket == index, image_bucket == index
+        row = {"bucket": label, "num_captions": int(in_caption_bucket.sum())}
+        row.update({f"text_to_image_R@{k}": _percent_hits(text_ranks[in_caption_bucket], k) for k in ks})
+        row["num_images"] = int(in_image_bucket.sum())
+        row.update({f"image_to_text_R@{k}": _percent_hits(image_ranks[in_image_bucket], k) for k in ks})
+        rows.append(row)
+    return rows
 
 
 def recall_at_1_by_length(
@@ -92,15 +115,5 @@ def recall_at_1_by_length(
     caption_image = caption_image.cpu()
     image_counts = torch.zeros(image_ranks.shape[0], dtype=torch.long).scatter_reduce(
         0, caption_image, counts, reduce="amax")
-    caption_bucket, image_bucket = _bucket_index(counts, edges), _bucket_index(image_counts, edges)
-    rows = []
-    for index, label in enumerate(bucket_labels(edges)):
-        in_caption_bucket, in_image_bucket = caption_bucket == index, image_bucket == index
-        rows.append({
-            "bucket": label,
-            "num_captions": int(in_caption_bucket.sum()),
-            "text_to_image_R@1": _percent_hits(text_ranks[in_caption_bucket]),
-            "num_images": int(in_image_bucket.sum()),
-            "image_to_text_R@1": _percent_hits(image_ranks[in_image_bucket]),
-        })
-    return rows
+    return metrics_by_bucket(image_ranks, text_ranks, _bucket_index(counts, edges),
+                             _bucket_index(image_counts, edges), bucket_labels(edges))

@@ -2,7 +2,9 @@
 
 Each model (a stock open_clip model at 77 tokens, this project's RoPE/CoPE models, any checkpoint)
 is run on every benchmark given; the output is one comparison table (terminal and results.md),
-results.json with every number, and recall_by_length.png (R@1 against caption length in tokens).
+results.json with every number, a protocol card per result, and recall_by_length.png (R@1 against
+caption length in tokens). Every model spec, checkpoint and benchmark is checked before the first
+model runs; the results written so far are saved after each model.
 """
 import argparse
 import datetime
@@ -10,7 +12,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -19,25 +21,23 @@ import open_clip_ext  # noqa: F401  (registers this project's model configs with
 from open_clip import OPENAI_IMAGENET_TEMPLATES, build_zero_shot_classifier
 from open_clip_train.precision import get_autocast
 
-from training_ext.eval.datasets import (BENCHMARKS, Benchmark, BenchmarkError, ClassificationSet, RetrievalSet,
-                         caption_csv_benchmark)
-from training_ext.eval.report import comparison_table, markdown_report, plot_recall_by_length, write_text
+from training_ext.eval.datasets import (BENCHMARKS, IMAGE_ROOT_HELP, Benchmark, BenchmarkError, ClassificationSet,
+                                        RetrievalSet, caption_csv_benchmark)
+from training_ext.eval.report import (comparison_table, markdown_report, perturbation_table, plot_perturbations,
+                                      plot_recall_by_column, plot_recall_by_length, write_text)
 from training_ext.common.file_io import write_json
+from training_ext.eval import column_buckets
 from training_ext.eval.features import encode_captions, encode_images
 from training_ext.eval.length_buckets import DEFAULT_BUCKET_EDGES, check_bucket_edges, recall_at_1_by_length
-from training_ext.common.retrieval import DEFAULT_CHUNK_ELEMENTS, recall_at_k, retrieval_metrics, target_ranks
+from training_ext.eval.perturb import parse_perturbations, perturb_captions
+from training_ext.eval.preflight import check_model_spec
+from training_ext.eval.options import build_parser
+from training_ext.eval.protocol_card import dataset_card, format_card, model_card
+from training_ext.common.retrieval import (DEFAULT_CHUNK_ELEMENTS, TIE_RULES, recall_at_k, retrieval_metrics,
+                                           target_ranks)
 
 # open_clip model names that carry a schema of their own before the name proper
 _NAME_SCHEMAS = ("hf-hub:", "local-dir:")
-
-EXAMPLE = """example:
-  python -m training_ext.eval \\
-      --model ViT-L-14:openai --model ViT-L-14-rope-248:/ckpt/stage2/epoch_1.pt \\
-      --urban1k /data/Urban1k --coco-5k /data/coco \\
-      --flickr30k-full-31k /data/flickr30k/results_20130124.token --flickr30k-images /data/flickr30k/flickr30k-images \\
-      --output-dir eval_out
-"""
-
 
 @dataclass
 class ModelSpec:
@@ -61,6 +61,8 @@ class SelectedBenchmark:
     source: str
     image_root: Optional[str]
     data: object               # RetrievalSet or ClassificationSet
+    card: Optional[dict] = None  # the model-independent part of the protocol card
+    column_buckets: Optional[Tuple[List[str], List[int]]] = None  # --bucket-by-column: (labels, caption bucket)
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -70,47 +72,6 @@ def parse_model_spec(text: str) -> ModelSpec:
     if not name:
         raise ValueError(f"model spec {text!r} has no model name")
     return ModelSpec(text, schema + name, pretrained or None)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training_ext.eval", description=__doc__, epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", default=[], metavar="NAME[:PRETRAINED_OR_PATH]",
-                        help="an open_clip model, optionally with a pretrained tag or checkpoint path "
-                             "(e.g. ViT-L-14:openai, tiny-clip-rope-248:/x/epoch_2.pt, tiny-clip for random "
-                             "init); repeat for several models")
-    parser.add_argument("--models", nargs="+", default=[], metavar="SPEC", help="several model specs at once")
-    group = parser.add_argument_group("benchmarks (give the path of each benchmark to run)")
-    for benchmark in BENCHMARKS.values():
-        group.add_argument(f"--{benchmark.name}", metavar="PATH", help=f"{benchmark.path_help}. {benchmark.protocol}")
-    group.add_argument("--csv", action="append", default=[], metavar="NAME=PATH",
-                       help="any open_clip caption CSV (tab-separated filepath/title, one caption per image) as a "
-                            "benchmark named NAME; repeatable (e.g. your own held-out split)")
-    group.add_argument("--sharegpt4v-root", metavar="DIR", help="folder the ShareGPT4V json's 'image' paths are relative to")
-    group.add_argument("--long-dci-root", metavar="DIR", help="folder dci_long.csv's relative filepaths resolve "
-                       "against (default: the CSV's folder; the photos folder for a CSV written by "
-                       "scripts/prepare_dci.py --relative-paths)")
-    group.add_argument("--flickr30k-images", metavar="DIR", help="the flickr30k-images folder")
-    parser.add_argument("--output-dir", default="eval_results", help="where results.json, results.md and "
-                                                                     "recall_by_length.png go")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per batch (default: 128 on GPU, 32 on CPU, where small batches stay in cache)")
-    parser.add_argument("--text-batch-size", type=int, default=None,
-                        help="captions per batch (default: 256 on GPU, 32 on CPU)")
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers (image decoding, tokenizing)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--precision", choices=["amp", "amp_bf16", "fp32"], default=None,
-                        help="autocast precision (default: amp on GPU, fp32 on CPU)")
-    parser.add_argument("--length-buckets", default=",".join(map(str, DEFAULT_BUCKET_EDGES)),
-                        help="upper edges of the caption length buckets in tokens (default %(default)s gives "
-                             "<=77, 78-154, 155-248, >248)")
-    parser.add_argument("--chunk-elements", type=int, default=DEFAULT_CHUNK_ELEMENTS,
-                        help="similarity scores computed at once (memory bound of the ranking)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for models evaluated without weights")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -125,11 +86,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         name, _, path = entry.partition("=")
         if not name or not path or name in BENCHMARKS:
             parser.error(f"--csv {entry!r}: expected NAME=PATH with a NAME that is not a built-in benchmark")
+    if args.tie_rule not in TIE_RULES:
+        parser.error(f"--tie-rule {args.tie_rule!r}: choose from {', '.join(sorted(TIE_RULES))}")
+    args.length_buckets = args.length_buckets or ",".join(map(str, DEFAULT_BUCKET_EDGES))
+    args.chunk_elements = args.chunk_elements or DEFAULT_CHUNK_ELEMENTS
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         args.bucket_edges = [int(x) for x in args.length_buckets.split(",")]
         check_bucket_edges(args.bucket_edges)
     except ValueError as e:
         parser.error(f"--length-buckets: {e}")
+    try:
+        args.perturbations = parse_perturbations(args.perturb)
+    except ValueError as e:
+        parser.error(f"--perturb: {e}")
+    try:
+        args.column_edges = column_buckets.parse_edges(args.bucket_column_edges)
+    except ValueError as e:
+        parser.error(f"--bucket-column-edges: {e}")
+    if args.column_edges is not None and not args.bucket_by_column:
+        parser.error("--bucket-column-edges needs --bucket-by-column")
     on_gpu = torch.device(args.device).type == "cuda"
     if args.precision is None:
         args.precision = "amp" if on_gpu else "fp32"
@@ -152,10 +128,46 @@ def load_benchmarks(args) -> List[SelectedBenchmark]:
         selected.append(SelectedBenchmark(benchmark, source, image_root, benchmark.reader(source, image_root)))
     for entry in args.csv:
         name, _, source = entry.partition("=")
-        benchmark = caption_csv_benchmark(name)
+        benchmark = caption_csv_benchmark(name, args.csv_separator, args.csv_img_key, args.csv_caption_key)
         print(f"reading {name} from {source}", file=sys.stderr)
-        selected.append(SelectedBenchmark(benchmark, source, None, benchmark.reader(source, None)))
+        selected.append(SelectedBenchmark(benchmark, source, args.csv_image_root,
+                                          benchmark.reader(source, args.csv_image_root)))
+    for item in selected:
+        describe_benchmark(item)
+    attach_bucket_column(args, selected)
     return selected
+
+
+def describe_benchmark(item: SelectedBenchmark) -> None:
+    """The dataset part of the protocol card, and the counts read, on the terminal."""
+    item.card = dataset_card(item.benchmark, item.data)
+    card = item.card
+    unit, count = ("classes", card["num_classes"]) if "num_classes" in card else ("captions", card["num_captions"])
+    print(f"{item.benchmark.name}: {card['num_images']} images, {count} {unit}", file=sys.stderr)
+    if card["matches_release"] is False:
+        print(f"warning: {item.benchmark.name}: the full release has {card['release_counts'][0]} images and "
+              f"{card['release_counts'][1]} {unit}: this is not the full benchmark", file=sys.stderr)
+    if card["skipped_files"]:
+        print(f"note: {item.benchmark.name}: the protocol leaves out {card['skipped_files']} file(s), e.g. "
+              f"{', '.join(card['skipped_examples'][:3])}", file=sys.stderr)
+
+
+def _is_csv_benchmark(item: SelectedBenchmark) -> bool:
+    return item.benchmark.name == "long-dci" or item.benchmark.name not in BENCHMARKS
+
+
+def attach_bucket_column(args, selected: List[SelectedBenchmark]) -> None:
+    """--bucket-by-column: every CSV benchmark's bucket of each caption (a missing column stops the run)."""
+    if not args.bucket_by_column:
+        return
+    csv_benchmarks = [item for item in selected if _is_csv_benchmark(item)]
+    if not csv_benchmarks:
+        raise BenchmarkError("--bucket-by-column needs a CSV benchmark (--csv NAME=PATH or --long-dci)")
+    separator = getattr(args, "csv_separator", None) or "\t"
+    for item in csv_benchmarks:
+        values, table = column_buckets.read_bucket_column(item.source, args.bucket_by_column,
+                                                          len(item.data.captions), separator)
+        item.column_buckets = column_buckets.assign_buckets(values, args.column_edges, table.where)
 
 
 def load_model(spec: ModelSpec, device: str, seed: int) -> LoadedModel:
@@ -181,15 +193,42 @@ def evaluate_retrieval(loaded: LoadedModel, selected: SelectedBenchmark, args) -
                                                   batch_size=args.text_batch_size, **options)
     caption_image = torch.tensor(data.caption_image, dtype=torch.long)
     metrics, image_ranks, text_ranks = retrieval_metrics(image_features, text_features, caption_image,
-                                                         chunk_elements=args.chunk_elements)
-    return {
+                                                         chunk_elements=args.chunk_elements, tie_rule=args.tie_rule)
+    card = model_card(selected.card, token_counts, loaded.context_length, args.tie_rule, args.precision)
+    numbers = {
         "num_images": len(data.image_paths),
         "num_captions": len(data.captions),
-        "captions_over_context": sum(n > loaded.context_length for n in token_counts),
+        "captions_over_context": card["captions_over_context"],
         "metrics": metrics,
         "recall_by_length": recall_at_1_by_length(image_ranks, text_ranks, caption_image,
                                                   token_counts, args.bucket_edges),
+        "protocol_card": card,
     }
+    if selected.column_buckets is not None:
+        labels, indices = selected.column_buckets
+        numbers["recall_by_column"] = column_buckets.bucket_by_column(
+            image_ranks, text_ranks, caption_image, labels, indices, args.bucket_by_column, args.column_edges)
+    if args.perturbations and not selected.benchmark.short_captions:
+        numbers["perturbations"] = [evaluate_perturbation(loaded, data, name, image_features, caption_image,
+                                                          metrics, args) for name in args.perturbations]
+    return numbers
+
+
+def evaluate_perturbation(loaded: LoadedModel, data: RetrievalSet, name: str, image_features: torch.Tensor,
+                          caption_image: torch.Tensor, intact: dict, args) -> dict:
+    """R@1 on the perturbed captions (same images, same model) and its change against the intact captions."""
+    captions = perturb_captions(data.captions, name, args.perturb_seed)
+    text_features, _ = encode_captions(loaded.model, loaded.tokenizer, captions, batch_size=args.text_batch_size,
+                                       **_encoding_options(args))
+    metrics, _, _ = retrieval_metrics(image_features, text_features, caption_image, ks=(1,),
+                                      chunk_elements=args.chunk_elements, tie_rule=args.tie_rule)
+    row = {"perturbation": name,
+           "captions_changed": sum(a != b for a, b in zip(data.captions, captions)),
+           "captions_emptied": sum(bool(a.strip()) and not b.strip() for a, b in zip(data.captions, captions))}
+    for key in ("image_to_text_R@1", "text_to_image_R@1"):
+        row[key] = metrics[key]
+        row[f"delta_{key}"] = metrics[key] - intact[key]
+    return row
 
 
 def evaluate_zero_shot(loaded: LoadedModel, selected: SelectedBenchmark, args) -> dict:
@@ -202,10 +241,11 @@ def evaluate_zero_shot(loaded: LoadedModel, selected: SelectedBenchmark, args) -
     image_features = encode_images(loaded.model, loaded.preprocess, data.image_paths,
                                    batch_size=args.batch_size, **_encoding_options(args))
     ranks = target_ranks(image_features, classifier.t().float(), torch.tensor(data.labels, dtype=torch.long),
-                         chunk_elements=args.chunk_elements)
+                         chunk_elements=args.chunk_elements, tie_rule=args.tie_rule)
     accuracy = recall_at_k(ranks, (1, 5))
     return {"num_images": len(data.image_paths), "num_classes": len(data.classnames),
-            "metrics": {"top1": accuracy[1], "top5": accuracy[5]}}
+            "metrics": {"top1": accuracy[1], "top5": accuracy[5]},
+            "protocol_card": model_card(selected.card, None, loaded.context_length, args.tie_rule, args.precision)}
 
 
 def _checkpoint_of(spec: ModelSpec) -> Optional[str]:
@@ -222,37 +262,57 @@ def evaluate_model(loaded: LoadedModel, selected: SelectedBenchmark, args) -> di
         "model": loaded.spec.spec, "model_name": loaded.spec.name, "checkpoint": _checkpoint_of(loaded.spec),
         "context_length": loaded.context_length,
         "benchmark": selected.benchmark.name, "protocol": selected.benchmark.protocol,
-        "source": os.path.abspath(selected.source),
+        "source": os.path.abspath(selected.source), "tie_rule": args.tie_rule,
         **numbers,
         "seconds": round(time.perf_counter() - start, 3),
     }
 
 
-def write_outputs(args, models: List[dict], results: List[dict]) -> None:
+def write_outputs(args, models: List[dict], results: List[dict], pending: Sequence[str] = ()) -> None:
+    """results.json, results.md and the plots, each written atomically; called after every model, so a crash
+    in a later model keeps the finished ones (results.json then says complete: false and names the rest)."""
     os.makedirs(args.output_dir, exist_ok=True)
     write_json(os.path.join(args.output_dir, "results.json"), {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv if args.invoked_from_cli else None,
+        "complete": not pending, "models_pending": list(pending),
         "device": args.device, "precision": args.precision,
-        "tie_rule": "ties count against the model (rank = negatives scoring >= the best positive)",
+        "tie_rule": args.tie_rule, "tie_rule_meaning": TIE_RULES[args.tie_rule],
         "caption_length": "open_clip SimpleTokenizer tokens, untruncated, start and end tokens included",
         "length_bucket_edges": args.bucket_edges,
+        "perturbations": args.perturbations, "perturb_seed": args.perturb_seed,
+        "bucket_by_column": args.bucket_by_column, "bucket_column_edges": args.column_edges,
         "models": models,
         "results": results,
     })
-    write_text(os.path.join(args.output_dir, "results.md"), markdown_report(results))
+    write_text(os.path.join(args.output_dir, "results.md"), markdown_report(results, pending))
     plot_path = plot_recall_by_length(results, os.path.join(args.output_dir, "recall_by_length.png"))
     if plot_path is None:
         print("no retrieval benchmark: recall_by_length.png not written", file=sys.stderr)
+    if args.bucket_by_column:
+        plot_recall_by_column(results, os.path.join(args.output_dir, "recall_by_column.png"))
+    if args.perturbations:
+        plot_perturbations(results, os.path.join(args.output_dir, "caption_perturbations.png"))
+
+
+def preflight(args) -> Tuple[List[ModelSpec], List[SelectedBenchmark]]:
+    """Every model spec, checkpoint path and benchmark, checked before the first model runs."""
+    specs = [parse_model_spec(s) for s in args.model_specs]
+    for spec in specs:
+        check_model_spec(spec)
+    return specs, load_benchmarks(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parse_args(argv)
     args.invoked_from_cli = argv is None
-    specs = [parse_model_spec(s) for s in args.model_specs]
-    selected_benchmarks = load_benchmarks(args)
+    try:
+        specs, selected_benchmarks = preflight(args)
+    except (ValueError, OSError) as error:  # BenchmarkError, PreflightError, unreadable files: no traceback
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
     models, results = [], []
-    for spec in specs:
+    for index, spec in enumerate(specs):
         loaded = load_model(spec, args.device, args.seed)
         models.append({"model": spec.spec, "model_name": spec.name, "checkpoint": _checkpoint_of(spec),
                        "context_length": loaded.context_length,
@@ -260,11 +320,14 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         for selected in selected_benchmarks:
             print(f"evaluating {spec.spec} on {selected.benchmark.name}", file=sys.stderr)
             results.append(evaluate_model(loaded, selected, args))
+            print(format_card(results[-1]["protocol_card"], spec.spec))
         del loaded  # free the model's memory before the next one is built
         if torch.device(args.device).type == "cuda":
             torch.cuda.empty_cache()
-    write_outputs(args, models, results)
+        write_outputs(args, models, results, pending=[s.spec for s in specs[index + 1:]])
     print(comparison_table(results))
+    if args.perturbations:
+        print("\n" + perturbation_table(results))
     print(f"\nwrote results.json, results.md and recall_by_length.png to {args.output_dir}", file=sys.stderr)
     return results
 

@@ -12,12 +12,12 @@ which CLIP's tokenizer does anyway.
 (LoTLIP's DCI reader differs: it lists the files in `splits.json` and uses short_caption + "\\n" +
 extra_caption; that is another benchmark.)
 """
-import json
 import os
 from dataclasses import dataclass
 from typing import Iterable, List, Tuple
 
 from training_ext.common.captions import clean_caption
+from training_ext.common.text_files import read_json
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,7 @@ def annotation_files(annotations_dir: str) -> List[str]:
 
 def read_annotation(path: str) -> Tuple[str, str]:
     """(image, cleaned extra_caption) of one annotation file; a clear error names the file and key."""
-    with open(path, encoding="utf-8") as handle:
-        try:
-            data = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    data = read_json(path)  # ValueError naming the file: not UTF-8 (byte offset) or not JSON (line, column)
     for key in ("image", "extra_caption"):
         if not isinstance(data, dict) or key not in data:
             raise ValueError(f"{path}: missing key {key!r}")

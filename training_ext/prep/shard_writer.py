@@ -31,6 +31,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from PIL import Image
 
 from training_ext.common.file_io import read_json_or, write_json, write_tsv
+from training_ext.data.skips import IMAGE_ERRORS
 from training_ext.prep.sources import Sample
 
 SIZES_FILE = "sizes.json"  # the name open_clip_train's get_dataset_size looks for
@@ -139,8 +140,7 @@ def _sample_members(index: int, sample: Sample, verify: bool) -> List[Tuple[str,
 
 # -------------------------------------------------------------------------------------- one shard
 
-# What a bad image raises: missing file, not an image, truncated data, decompression bomb.
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_IMAGE_ERRORS = IMAGE_ERRORS  # what a bad image raises, as training counts it
 
 
 def write_shard(path: str, chunk: List[Tuple[int, Sample]], verify: bool = False, on_sample=None) -> dict:
@@ -285,7 +285,7 @@ def pack_shards(samples: Iterable[Sample], out_dir: str, prefix: str, samples_pe
     _write_stats(out_dir, prefix, samples_per_shard, records, complete=True)
     skipped = [entry for record in records.values() for entry in record["skipped"]]
     write_tsv(skipped_path(out_dir, prefix), SKIPPED_COLUMNS,
-              ([str(entry[column]) for column in SKIPPED_COLUMNS] for entry in skipped))
+              ([str(entry[column]) for column in SKIPPED_COLUMNS] for entry in skipped), collapse_whitespace=True)
     return PackResult(out_dir=out_dir, prefix=prefix, pattern=shard_pattern(prefix, len(records)),
                       shard_sizes={name: record["count"] for name, record in records.items()},
                       skipped=skipped, reused_shards=reused, stale_shards=_stale_shards(out_dir, prefix, records))

@@ -7,11 +7,11 @@ released file) with newlines and runs of white space turned into single spaces. 
 `num_val` entries by position in the file (1000 in the published protocol, the ShareGPT4V-1k benchmark);
 training is everything after them.
 """
-import json
 from dataclasses import dataclass
 from typing import List, Tuple
 
 from training_ext.common.captions import clean_caption
+from training_ext.common.text_files import read_json
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,7 @@ class MalformedEntry:
 
 
 def load_json_list(path: str) -> list:
-    with open(path, encoding="utf-8") as handle:
-        try:
-            data = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    data = read_json(path)  # ValueError naming the file: not UTF-8 (byte offset) or not JSON (line, column)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
     return data

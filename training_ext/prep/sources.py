@@ -1,19 +1,21 @@
 """Readers that turn image/caption datasets into a list of `Sample`s (paths and captions, no pixels).
 
 Three on-disk layouts are read:
-- an open_clip CSV (any separator; image path and caption columns by name, optional short-caption column);
+- an open_clip CSV (training's reader, training_ext.common.csv_table; image path and caption columns by name,
+  optional short-caption column);
 - a train-CLIP style folder, paired by ``training_ext.common.folder_pairs`` (shared with folder-dataset training);
 - a COCO-style caption annotation file: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}.
 
 Images are not opened here: the shard writer reads them, so a missing image is found and reported there.
 """
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from training_ext.common.captions import clean_caption, first_sentence
+from training_ext.common.csv_table import image_base, read_csv_table, resolve_image_path
 from training_ext.common.file_io import write_lines, write_tsv
+from training_ext.common.text_files import read_json
 from training_ext.common.folder_pairs import FolderPairs, read_caption_lines
 from training_ext.data.keyed_captions import csv_row_key
 
@@ -66,10 +68,7 @@ def samples_for_captions(image_path: str, captions: Sequence[str], source_id: st
 
 def resolve_path(path: str, root: Optional[str]) -> str:
     """An absolute path: relative paths are taken relative to `root` (the current folder if None)."""
-    path = os.path.expanduser(str(path))
-    if not os.path.isabs(path):
-        path = os.path.join(root or os.getcwd(), path)
-    return os.path.abspath(path)
+    return resolve_image_path(path, root or os.getcwd())
 
 
 MISSING_POLICIES = ("drop", "keep", "error")
@@ -98,24 +97,19 @@ def check_images_exist(paths: Sequence[str], list_path: str, policy: str = "drop
 def samples_from_csv(csv_path: str, img_key: str = "filepath", caption_key: str = "title",
                      short_caption_key: Optional[str] = None, separator: str = "\t",
                      image_root: Optional[str] = None) -> List[Sample]:
-    """Samples from an open_clip CSV. Relative image paths resolve against `image_root` (default: the
-    current folder, which is what open_clip_train's CsvDataset does)."""
-    import pandas as pd  # training extra; imported here so the rest of this module needs only the stdlib
-
-    # keep_default_na=False: a caption reading "NA" or "null" stays text instead of becoming NaN
-    frame = pd.read_csv(csv_path, sep=separator, dtype=str, keep_default_na=False)
-    wanted = [img_key, caption_key] + ([short_caption_key] if short_caption_key else [])
-    missing = [key for key in wanted if key not in frame.columns]
-    if missing:
-        raise ValueError(f"{csv_path}: no column(s) {missing}; columns are {list(frame.columns)}")
-    images = frame[img_key].tolist()
-    captions = frame[caption_key].tolist()
-    shorts = frame[short_caption_key].tolist() if short_caption_key else [None] * len(images)
+    """Samples from an open_clip CSV, read by training's reader and rules (training_ext.common.csv_table): relative
+    image paths start from `image_root`, else from the CSV's folder. Raises what read_csv_table raises, and
+    ValueError naming file and line for a row with an empty image path or caption."""
+    table = read_csv_table(csv_path, {"--csv-img-key": img_key, "--csv-caption-key": caption_key,
+                                      "--csv-short-caption-key": short_caption_key}, separator)
+    base = image_base(csv_path, image_root)
+    shorts = table.columns[short_caption_key] if short_caption_key else [None] * len(table)
     samples = []
-    for row_number, (image, caption, short) in enumerate(zip(images, captions, shorts)):
-        if not image or not clean_caption(caption):
-            raise ValueError(f"{csv_path}: data row {row_number} has an empty {img_key!r} or {caption_key!r}")
-        samples.append(make_sample(resolve_path(image, image_root), caption, csv_row_key(row_number), short,
+    for row_number, (image, caption, short) in enumerate(zip(table.columns[img_key], table.columns[caption_key],
+                                                             shorts)):
+        if not image.strip() or not clean_caption(caption):
+            raise ValueError(f"{table.where(row_number)} has an empty {img_key!r} or {caption_key!r}")
+        samples.append(make_sample(resolve_image_path(image, base), caption, csv_row_key(row_number), short,
                                    extra={"csv_row": row_number}))
     return samples
 
@@ -145,8 +139,7 @@ def _coco_field(record, key: str, where: str):
 def samples_from_coco(annotation_path: str, image_root: str, policy: str = "first") -> Tuple[List[Sample], List[str]]:
     """Samples for a COCO-style caption file, images in the file's order; and the images without any
     caption (reported, not packed). A caption naming an unknown image id raises."""
-    with open(annotation_path, encoding="utf-8") as handle:
-        data = json.load(handle)
+    data = read_json(annotation_path)
     images = _coco_field(data, "images", annotation_path)
     annotations = _coco_field(data, "annotations", annotation_path)
     file_names: Dict = {}
@@ -181,8 +174,8 @@ CSV_COLUMNS = ("filepath", "title", "short_title", "source_id")
 
 def write_samples_csv(path: str, samples: Sequence[Sample], relative_to: Optional[str] = None) -> int:
     """Write samples as a tab-separated open_clip CSV. Image paths are absolute, or relative to
-    `relative_to` when given (training then has to run from that folder, as open_clip opens the path
-    as written). Returns the number of rows."""
+    `relative_to` when given (training and evaluation then need --csv-image-root `relative_to`, unless it is the
+    CSV's own folder). Returns the number of rows."""
     def filepath(sample: Sample) -> str:
         return os.path.relpath(sample.image_path, relative_to) if relative_to else sample.image_path
 

@@ -92,7 +92,9 @@ class CsvCachedTargets(_CachedTargets):
 
     def __init__(self, dataset, cache: TeacherCache):
         super().__init__(dataset, cache)
-        self.rows = [cache.row(csv_row_key(i), caption) for i, caption in enumerate(dataset.captions)]
+        # the CSV's data rows, not the dataset's indices: rows with an empty caption are left out of the dataset
+        self.rows = [cache.row(csv_row_key(row), caption)
+                     for row, caption in zip(dataset.row_numbers, dataset.captions)]
 
     def row(self, index: int) -> int:
         return self.rows[index]

@@ -4,12 +4,12 @@ What differs from the engine's defaults: two models (frozen teacher, student who
 training data (no image is decoded), the distillation step, and validation that pairs the teacher's image tower
 with the student's text tower.
 """
-import argparse
 import logging
 
 import torch
 from open_clip_train.precision import get_autocast
 
+from open_clip_ext.convert import convert_state_dict, uses_quick_gelu
 from open_clip_ext.state_dicts import is_image_side_key
 
 from training_ext.data.loaders import dataset_type, get_text_data
@@ -18,23 +18,16 @@ from training_ext.engine.trainer import StageModels, TrainingStage
 from training_ext.stages.cached_targets import attach_target_map, open_run_cache
 from training_ext.stages.distill import (StudentTextFeatures, TeacherTextFeatures, freeze_all_but_text,
                                          make_distill_step)
+from training_ext.stages.flags import DistillFlags
 
-DISTILL_LOSSES = ("cosine", "mse", "l2")
 
-
-def parse_loss_weights(spec: str) -> dict:
-    """'cosine' -> {'cosine': 1.0}; 'cosine=1,mse=0.5' -> a weighted sum of the named losses."""
-    weights = {}
-    for part in spec.split(","):
-        name, _, weight = part.strip().partition("=")
-        if name not in DISTILL_LOSSES:
-            raise argparse.ArgumentTypeError(
-                f"unknown distillation loss {name!r} in {spec!r}; choose from {', '.join(DISTILL_LOSSES)}")
-        try:
-            weights[name] = float(weight) if weight else 1.0
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"weight of {name!r} in {spec!r} is not a number: {weight!r}")
-    return weights
+def init_student_from_teacher(student, teacher, teacher_name: str) -> None:
+    """TULIP starts the student from the teacher: every tensor of the teacher but its learned positions (a
+    RoPE/CoPE tower has none; CoPE's tables start at zero), converted as open_clip_ext loads stock weights."""
+    state = convert_state_dict(student, teacher.state_dict(), path=f"teacher {teacher_name}")
+    student.load_state_dict(state)
+    logging.info(f"student: initialised from the teacher {teacher_name} (text tower without positions, vision "
+                 "tower, logit scale); pass --pretrained to start from other weights")
 
 
 def copy_vision_from_teacher(student, teacher) -> None:
@@ -52,42 +45,21 @@ def copy_vision_from_teacher(student, teacher) -> None:
             tensor.copy_(given[name].reshape(tensor.shape))
 
 
-class DistillStage(TrainingStage):
-    name = "distill"
-    prog = "python -m training_ext.main_distill_rope"
-    description = "Stage 1: distil a 77-token CLIP text tower into a long-context RoPE/CoPE student."
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("stage 1: relative position distillation (open_clip_ext)")
-        group.add_argument(
-            "--teacher-model", default=None,
-            help="The frozen 77-token teacher (e.g. ViT-L-14-quickgelu). It reads the first 77 tokens of the "
-                 "student's ids; its image tower is used for validation only. Required unless --teacher-cache.")
-        group.add_argument(
-            "--teacher-cache", default=None,
-            help="Folder of precomputed teacher embeddings (scripts/precompute_teacher_embeddings.py): the "
-                 "teacher does not run during training. Refused when it does not match --teacher-model / "
-                 "--teacher-pretrained (name, checkpoint sha256, tokenizer length) or the data's caption field; "
-                 "embeddings of another width (e.g. an LLM's) are reached through a learned linear map.")
-        group.add_argument(
-            "--teacher-pretrained", default="",
-            help="Weights of the teacher: an open_clip tag (e.g. openai) or a checkpoint path.")
-        group.add_argument(
-            "--distill-loss", type=parse_loss_weights, default=parse_loss_weights("cosine"),
-            help="Loss between student and teacher projected text features: cosine (1 - mean cosine "
-                 "similarity), mse (mean squared error) or l2 (mean euclidean distance), or a weighted sum such "
-                 "as 'cosine=1,mse=0.5'. Default: cosine.")
-
-    def check_arguments(self, args) -> None:
-        if not (args.teacher_model or args.teacher_cache):
-            raise SystemExit("stage 1 needs a teacher: --teacher-model (run live) or --teacher-cache (precomputed)")
+class DistillStage(DistillFlags, TrainingStage):
+    """Stage 1's hooks; its flags and checks are ``DistillFlags``'s."""
 
     def build_models(self, args, device) -> StageModels:
         teacher = None
         if args.teacher_model:  # optional with --teacher-cache: then it only gives the vision tower and validation
             teacher, _, teacher_preprocess_val = create_clip(args, args.teacher_model, args.teacher_pretrained,
                                                              device, with_flags=False)
+        from_teacher = teacher is not None and not args.pretrained
+        if from_teacher and uses_quick_gelu(teacher) and not args.force_quick_gelu:
+            args.force_quick_gelu = True  # the student keeps the teacher's activation (TULIP's used GELU)
+            logging.info("student: QuickGELU, the teacher's activation (--force-quick-gelu)")
         student, preprocess_train, preprocess_val = create_clip(args, args.model, args.pretrained, device)
+        if from_teacher:
+            init_student_from_teacher(student, teacher, args.teacher_model)
         models = StageModels(model=student, preprocess_train=preprocess_train, preprocess_val=preprocess_val,
                              extras={"teacher": teacher, "cache": None})
         if teacher is not None:

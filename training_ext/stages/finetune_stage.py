@@ -3,7 +3,6 @@
 What differs from the engine's defaults: one CLIP whose text tower comes from the stage-1 checkpoint, image data
 with long and short captions, the long + short CLIP loss step, and the logit-scale clamp after each update.
 """
-import argparse
 import logging
 
 from open_clip import get_input_dtype
@@ -15,7 +14,7 @@ from training_ext.data.loaders import get_image_text_data
 from training_ext.engine.builders import clamp_logit_scale, create_clip
 from training_ext.engine.trainer import StageModels, TrainingStage
 from training_ext.stages.finetune import ClipFeatures, clip_loss_for, make_finetune_step, short_caption_loss_for
-from training_ext.stages.pcm import DEFAULT_PCM_COMPONENTS, SHORT_CAPTION_LOSSES
+from training_ext.stages.flags import FinetuneFlags
 from training_ext.stages.student_checkpoint import load_student_text_tower
 
 
@@ -31,46 +30,16 @@ def lock_towers(model, args) -> None:
         model.lock_text_tower(unlocked_layers=args.lock_text_unlocked_layers, freeze_layer_norm=True)
 
 
-class FinetuneStage(TrainingStage):
-    name = "finetune"
-    prog = "python -m training_ext.main_context_finetune_rope"
-    description = "Stage 2: fine-tune the whole CLIP (distilled text tower + image tower) on long captions."
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("stage 2: context fine-tuning (open_clip_ext)")
-        group.add_argument(
-            "--student-checkpoint", default=None,
-            help="Stage-1 checkpoint whose text tower (distilled text projection included) replaces the text "
-                 "tower built from --pretrained; the vision tower and logit scale come from --pretrained.")
-        group.add_argument(
-            "--short-caption-weight", type=float, default=0.2,
-            help="Loss = CLIP loss on long captions + this weight x CLIP loss on short captions. Default 0.2; "
-                 "0 trains on long captions only.")
-        group.add_argument(
-            "--short-caption-loss", choices=SHORT_CAPTION_LOSSES, default="clip",
-            help="Short captions against the image features ('clip', TULIP) or against their rank-k PCA "
-                 "reconstruction over the batch ('pcm', Long-CLIP's primary component matching).")
-        group.add_argument(
-            "--pcm-components", type=int, default=DEFAULT_PCM_COMPONENTS,
-            help="Principal components kept by --short-caption-loss pcm (default %(default)s, Long-CLIP's).")
-        group.add_argument(
-            "--label-smoothing", type=float, default=0.0,
-            help="Label smoothing of the long and short CLIP losses (Long-CLIP uses 0.1; default 0).")
-
-    def check_arguments(self, args) -> None:
-        if args.short_caption_weight < 0:
-            raise SystemExit(f"--short-caption-weight must be >= 0, got {args.short_caption_weight}")
-        if args.pcm_components < 1:
-            raise SystemExit(f"--pcm-components must be >= 1, got {args.pcm_components}")
-        if not 0.0 <= args.label_smoothing < 1.0:
-            raise SystemExit(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
-        if args.short_caption_loss == "pcm" and args.short_caption_weight == 0:
-            raise SystemExit("--short-caption-loss pcm needs a --short-caption-weight above 0 (Long-CLIP uses 1)")
+class FinetuneStage(FinetuneFlags, TrainingStage):
+    """Stage 2's hooks; its flags and checks are ``FinetuneFlags``'s."""
 
     def build_models(self, args, device) -> StageModels:
         model, preprocess_train, preprocess_val = create_clip(args, args.model, args.pretrained, device)
         if args.student_checkpoint:
-            load_student_text_tower(model, args.student_checkpoint)
+            # TULIP's original recipe keeps --pretrained's text projection and extends the RoPE base by NTK
+            original = getattr(args, "recipe", "corrected") == "tulip-original"
+            load_student_text_tower(model, args.student_checkpoint, keep_text_projection=original,
+                                    ntk_extension=original)
         elif not isinstance(getattr(model, "text", None), LongCLIPTextTransformer):  # Long-CLIP needs no stage 1
             logging.warning("no --student-checkpoint: the text tower is the one --pretrained gives (not distilled)")
         lock_towers(model, args)

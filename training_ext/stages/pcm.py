@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
 
-SHORT_CAPTION_LOSSES = ("clip", "pcm")
-DEFAULT_PCM_COMPONENTS = 32
+from training_ext.stages.flags import DEFAULT_PCM_COMPONENTS, SHORT_CAPTION_LOSSES  # noqa: F401
 
 
 def pca_reconstruct(features: torch.Tensor, components: int) -> torch.Tensor:

@@ -1,13 +1,12 @@
 """Training data: CSV and webdataset with short captions, missing / corrupt images, text-only stage-1 reads."""
-import io
 import os
-import tarfile
 
 import open_clip
 import pytest
 import torch
 from PIL import Image
 
+from support.shard_fixtures import jpeg_bytes, write_shard
 from support.training_helpers import STUDENT, TEACHER, long_caption, write_csv
 from training_ext.common.captions import first_sentence
 from training_ext.data.loaders import CsvImageTextDataset, get_image_text_data, get_text_data
@@ -18,7 +17,8 @@ _, _, PREPROCESS = open_clip.create_model_and_transforms(TEACHER)
 
 
 def _args(stage, data, kind, extra=()):
-    flags = ["--train-data", data, "--dataset-type", kind, "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    flags = ["--model", STUDENT, "--train-data", data, "--dataset-type", kind, "--batch-size", "2", "--workers", "0",
+             "--device", "cpu"]
     if stage == "distill":
         flags += ["--teacher-model", TEACHER]
     entry = main_distill_rope if stage == "distill" else main_context_finetune_rope
@@ -55,13 +55,13 @@ def test_csv_bad_input_is_named(tmp_path):
     with open(tmp_path / "images" / "1.png", "wb") as stream:
         stream.write(b"not an image")
     dataset = CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS)
-    with pytest.raises(RuntimeError, match=r"row 1: cannot read image .*1\.png"):
-        dataset[1]
-    with pytest.raises(KeyError, match=r"no column 'caption'"):
+    assert dataset[1] is None  # an undecodable image is skipped (dropped by the loader's collate) and counted
+    assert dataset.skips.counts() == {"image cannot be decoded": 1}
+    with pytest.raises(KeyError, match=r"no column 'caption'.*--csv-caption-key"):
         CsvImageTextDataset(path, "filepath", "caption", TOKENIZE, PREPROCESS)
     empty = tmp_path / "empty.csv"
-    empty.write_text("filepath\ttitle\nx.png\ta caption\ny.png\t \n")
-    with pytest.raises(ValueError, match=r"row 1 has an empty caption"):
+    empty.write_text("filepath\ttitle\nx.png\t \n")
+    with pytest.raises(ValueError, match=r"no row has a caption in column 'title'"):
         CsvImageTextDataset(str(empty), "filepath", "title", TOKENIZE, PREPROCESS)
 
 
@@ -75,21 +75,6 @@ def test_stage1_csv_reads_captions_only(tmp_path, monkeypatch):
     assert seen == sorted(tuple(TOKENIZE([long_caption(i)])[0].tolist()) for i in range(6))
 
 
-def _jpeg(index):
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 40), (index * 20, 0, 0)).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _write_shard(path, samples):
-    with tarfile.open(path, "w") as tar:
-        for key, files in samples:
-            for extension, payload in files.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-
-
 def _shards(tmp_path):
     """Two shards, 8 samples: sample 2 has a corrupt jpg, sample 5 no image; even samples carry short.txt."""
     samples = []
@@ -98,12 +83,12 @@ def _shards(tmp_path):
         if index == 2:
             files["jpg"] = b"\xff\xd8 corrupt"
         elif index != 5:
-            files["jpg"] = _jpeg(index)
+            files["jpg"] = jpeg_bytes(index)
         if index % 2 == 0:
             files["short.txt"] = f"short {index}".encode()
         samples.append((f"{index:04d}", files))
-    _write_shard(tmp_path / "shard-0.tar", samples[:4])
-    _write_shard(tmp_path / "shard-1.tar", samples[4:])
+    write_shard(tmp_path / "shard-0.tar", samples[:4])
+    write_shard(tmp_path / "shard-1.tar", samples[4:])
     return str(tmp_path / "shard-{0..1}.tar")
 
 

@@ -6,27 +6,15 @@ import os
 import open_clip
 import pytest
 import torch
-from PIL import Image
 
-from training_ext.eval.datasets import BenchmarkError
 from training_ext.eval.runner import main, parse_model_spec
 from training_ext.eval.features import encode_captions, encode_images
 from training_ext.eval.length_buckets import caption_token_count
 
 from support.benchmark_fixtures import make_coco, make_flickr30k, make_imagenet, make_urban1k
 from support.data_prep_fixtures import load_script
-from support.naive_retrieval import naive_metrics, naive_rank
-
-
-def naive_image_features(model, preprocess, paths):
-    with torch.no_grad():
-        return torch.cat([model.encode_image(preprocess(Image.open(p).convert("RGB"))[None], normalize=True)
-                          for p in paths])
-
-
-def naive_text_features(model, tokenizer, captions):
-    with torch.no_grad():
-        return torch.cat([model.encode_text(tokenizer([c]), normalize=True) for c in captions])
+from support.naive_retrieval import (build_model, naive_image_features, naive_metrics, naive_rank,
+                                    naive_text_features)
 
 
 def naive_zero_shot_ranks(model, tokenizer, preprocess, data):
@@ -38,12 +26,6 @@ def naive_zero_shot_ranks(model, tokenizer, preprocess, data):
         class_features.append(mean / mean.norm())
     scores = (naive_image_features(model, preprocess, data["image_paths"]) @ torch.stack(class_features).t()).tolist()
     return [naive_rank(row, [j == label for j in range(len(row))]) for row, label in zip(scores, data["labels"])]
-
-
-def build_model(name, seed=0, checkpoint=None):
-    torch.manual_seed(seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=checkpoint)
-    return model.eval(), preprocess, open_clip.get_tokenizer(name)
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +117,13 @@ def test_model_spec_parsing():
         "hf-hub:org/repo", None)
 
 
-def test_bad_benchmark_path_fails_before_any_model_loads(tmp_path):
-    with pytest.raises(BenchmarkError, match="Urban1k caption folder not found"):
-        main(["--model", "no-such-model", "--urban1k", str(tmp_path / "missing"), "--output-dir", str(tmp_path)])
+def test_bad_benchmark_path_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("training_ext.eval.runner.load_model", lambda *a: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "tiny-clip", "--urban1k", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "error: Urban1k caption folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_help_and_argument_errors(capsys):

@@ -15,14 +15,16 @@ def tied_features(count, dim, generator):
     return torch.randint(-1, 2, (count, dim), generator=generator).float()
 
 
+@pytest.mark.parametrize("tie_rule", ["against", "peer"])
 @pytest.mark.parametrize("chunk_elements", [1, 37, 10 ** 9])
-def test_five_caption_rule_with_ties_matches_naive(chunk_elements):
+def test_five_caption_rule_with_ties_matches_naive(chunk_elements, tie_rule):
     generator = torch.Generator().manual_seed(0)
     images, captions = tied_features(12, 3, generator), tied_features(60, 3, generator)
     caption_image = torch.arange(12).repeat_interleave(5)[torch.randperm(60, generator=generator)]
-    expected, expected_image_ranks, expected_text_ranks = naive_metrics(images @ captions.t(), caption_image.tolist())
+    expected, expected_image_ranks, expected_text_ranks = naive_metrics(images @ captions.t(), caption_image.tolist(),
+                                                                        tie_rule=tie_rule)
     metrics, image_ranks, text_ranks = retrieval_metrics(images, captions, caption_image,
-                                                         chunk_elements=chunk_elements)
+                                                         chunk_elements=chunk_elements, tie_rule=tie_rule)
     assert image_ranks.tolist() == expected_image_ranks
     assert text_ranks.tolist() == expected_text_ranks
     assert metrics == pytest.approx(expected)
@@ -49,6 +51,54 @@ def test_ties_count_against_the_model():
     metrics, _, _ = retrieval_metrics(constant, constant, caption_image, ks=(1, 4))
     assert metrics == {"image_to_text_R@1": 0.0, "image_to_text_R@4": 100.0,
                        "text_to_image_R@1": 0.0, "text_to_image_R@4": 100.0}
+
+
+def test_constant_scores_under_the_peer_rule_rank_by_index():
+    constant = torch.ones(4, 2)
+    # all tied: under the sort-order rule item i has exactly the i items before it ahead
+    assert image_to_text_ranks(constant, constant, torch.arange(4), tie_rule="peer").tolist() == [0, 1, 2, 3]
+    metrics, _, _ = retrieval_metrics(constant, constant, torch.arange(4), ks=(1,), tie_rule="peer")
+    assert metrics == {"image_to_text_R@1": 25.0, "text_to_image_R@1": 25.0}
+
+
+# Hand-built ties with known ranks. Image 0 = [1, 0] owns captions 1, 3, 5; image 1 = [0, 1] owns 0, 2, 4.
+# Image 0 scores the captions [4, 5, 5, 5, 0, 0]: its best positives (1, 3) tie with negative 2 at 5.
+# Image 1 scores every caption 0. Captions 4 and 5 score both images 0.
+HAND_IMAGES = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+HAND_CAPTIONS = torch.tensor([[4.0, 0.0], [5.0, 0.0], [5.0, 0.0], [5.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+HAND_OWNER = torch.tensor([1, 0, 1, 0, 1, 0])
+HAND_RANKS = {  # (image->text, text->image)
+    "against": ([1, 3], [1, 0, 1, 0, 1, 1]),  # negatives at or above the best positive
+    "peer": ([0, 0], [1, 0, 1, 0, 1, 0]),     # positive 1 precedes negative 2; caption 5's image 0 is first
+}
+
+
+@pytest.mark.parametrize("tie_rule", ["against", "peer"])
+def test_both_tie_rules_on_a_hand_built_tie_case(tie_rule):
+    metrics, image_ranks, text_ranks = retrieval_metrics(HAND_IMAGES, HAND_CAPTIONS, HAND_OWNER, ks=(1, 2),
+                                                         chunk_elements=3, tie_rule=tie_rule)
+    assert (image_ranks.tolist(), text_ranks.tolist()) == HAND_RANKS[tie_rule]
+    _, naive_image, naive_text = naive_metrics(HAND_IMAGES @ HAND_CAPTIONS.t(), HAND_OWNER.tolist(), tie_rule=tie_rule)
+    assert (naive_image, naive_text) == HAND_RANKS[tie_rule]
+
+
+def test_peer_rule_is_the_stable_descending_argsort():
+    """The peers' computation (TULIP's get_clip_metrics / GOAL: position of the positive in
+    argsort(descending=True), here with stable=True; any own caption for image->text)."""
+    scores = HAND_IMAGES @ HAND_CAPTIONS.t()
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    first_positive = [min(order[i].tolist().index(c) for c in range(6) if HAND_OWNER[c] == i) for i in range(2)]
+    order_t = torch.argsort(scores.t(), dim=1, descending=True, stable=True)
+    positions = [order_t[c].tolist().index(int(HAND_OWNER[c])) for c in range(6)]
+    assert (first_positive, positions) == HAND_RANKS["peer"]
+    # Long-CLIP's Urban1k.py / LoTLIP's run_long_retrieval take R@1 as argmax / max(dim), the first maximal index
+    assert [int(torch.argmax(scores.t()[c]) == HAND_OWNER[c]) for c in range(6)] == [
+        int(rank == 0) for rank in HAND_RANKS["peer"][1]]
+
+
+def test_unknown_tie_rule_is_refused():
+    with pytest.raises(ValueError, match="tie_rule must be one of"):
+        retrieval_metrics(HAND_IMAGES, HAND_CAPTIONS, HAND_OWNER, tie_rule="optimistic")
 
 
 def test_any_own_caption_counts_for_image_to_text():

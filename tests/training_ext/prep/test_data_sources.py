@@ -2,10 +2,10 @@
 import json
 import os
 
-import pandas as pd
 import pytest
 
 from support.data_prep_fixtures import tiny_image
+from training_ext.common.file_io import write_tsv
 from training_ext.common.folder_pairs import pair_folder
 from training_ext.prep.sources import check_images_exist, samples_from_coco, samples_from_csv, samples_from_folder
 
@@ -86,13 +86,11 @@ def test_coco_source_keeps_file_order_and_reports_uncaptioned(tmp_path):
 
 
 def test_csv_source_resolves_paths_and_keeps_awkward_captions(tmp_path):
-    rows = pd.DataFrame({
-        "img": ["rel/a.jpg", str(tmp_path / "abs.png"), "b.jpg"],
-        "cap": ['He said "hi". Then left.', "NA", "Line one\nline two. More."],
-        "short": ["", "given short", "x"],
-    })
+    # the project's CSV rule: fields never quoted, so quotes stay, and "NA" stays text
+    rows = [("rel/a.jpg", 'He said "hi". Then left.', ""), (str(tmp_path / "abs.png"), "NA", "given short"),
+            ("b.jpg", "Line one   line two. More.", "x")]
     path = tmp_path / "in.csv"
-    rows.to_csv(path, sep="\t", index=False)
+    write_tsv(str(path), ("img", "cap", "short"), rows)
 
     samples = samples_from_csv(str(path), "img", "cap", "short", image_root=str(tmp_path / "root"))
 

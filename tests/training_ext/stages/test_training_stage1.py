@@ -59,7 +59,8 @@ def test_loss_spec_and_help(capsys):
                        "--lr", "5e-4", "--accum-freq", "2"])
     assert args.distill_loss == {"cosine": 1.0, "mse": 0.5} and args.lr == 5e-4 and args.accum_freq == 2
     # torchrun hands the script a leading '--'
-    assert main_distill_rope.parse_args(["--", "--teacher-model", TEACHER, "--logs", "x"]).logs == "x"
+    torchrun_argv = ["--", "--model", STUDENT, "--teacher-model", TEACHER, "--logs", "x"]
+    assert main_distill_rope.parse_args(torchrun_argv).logs == "x"
     with pytest.raises(SystemExit):
         main_distill_rope.parse_args(["--teacher-model", TEACHER, "--distill-loss", "kl"])
     with pytest.raises(SystemExit) as stop:

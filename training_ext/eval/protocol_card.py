@@ -1,0 +1,106 @@
+"""The protocol card: exactly what one benchmark number was computed on, and how.
+
+Every result carries one (terminal, results.json, results.md): the protocol and the peer file it follows,
+image and caption counts (and the full release's, when they differ), the caption normalisation, blank captions
+kept and files the protocol skips, a sha256 over the ordered (image file, caption) list, how many captions the
+model's context cuts and by how many tokens on average, the tie rule and the precision.
+
+The sha256 is machine-independent: each image is named by its path relative to the folder all the benchmark's
+images share, and the digest runs over one JSON line ``["<image>", "<caption>"]`` per caption, in order
+(for a classification set: ``["<image>", "<class name>"]`` per image).
+"""
+import hashlib
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+from training_ext.eval.datasets import Benchmark, ClassificationSet, RetrievalSet
+
+SKIPPED_NAMES_SHOWN = 10
+
+
+def image_keys(image_paths: Sequence[str]) -> List[str]:
+    """Each path relative to the deepest folder all the images share (a lone image: its file name)."""
+    if not image_paths:
+        return []
+    folders = {os.path.dirname(os.path.abspath(p)) for p in image_paths}
+    common = os.path.commonpath(list(folders))
+    return [os.path.relpath(os.path.abspath(p), common).replace(os.sep, "/") for p in image_paths]
+
+
+def pairs_sha256(keys: Sequence[str], texts: Sequence[str], owners: Sequence[int]) -> str:
+    """sha256 over one JSON line [keys[owners[i]], texts[i]] per text, in order."""
+    digest = hashlib.sha256()
+    for text, owner in zip(texts, owners):
+        digest.update((json.dumps([keys[owner], text], ensure_ascii=False) + "\n").encode("utf-8"))
+    return digest.hexdigest()
+
+
+def dataset_card(benchmark: Benchmark, data) -> Dict:
+    """The model-independent part of the card."""
+    keys = image_keys(data.image_paths)
+    card = {"protocol": benchmark.protocol_name, "benchmark": benchmark.name, "follows": benchmark.peer,
+            "num_images": len(data.image_paths)}
+    if isinstance(data, ClassificationSet):
+        card.update(num_classes=len(data.classnames), normalisation="class names in the OpenAI templates",
+                    blank_captions=0, skipped_files=0, skipped_examples=[],
+                    sha256=pairs_sha256(keys, [data.classnames[label] for label in data.labels],
+                                        range(len(data.labels))))
+        counts = (card["num_images"], card["num_classes"])
+    else:
+        data: RetrievalSet
+        card.update(num_captions=len(data.captions), normalisation=benchmark.normalisation,
+                    blank_captions=sum(not caption.strip() for caption in data.captions),
+                    skipped_files=len(data.skipped), skipped_examples=list(data.skipped[:SKIPPED_NAMES_SHOWN]),
+                    sha256=pairs_sha256(keys, data.captions, data.caption_image))
+        counts = (card["num_images"], card["num_captions"])
+    card["release_counts"] = list(benchmark.release_counts) if benchmark.release_counts else None
+    card["matches_release"] = None if benchmark.release_counts is None else counts == tuple(benchmark.release_counts)
+    return card
+
+
+def context_fields(token_counts: Optional[Sequence[int]], context_length: int) -> Dict:
+    """Captions longer than the context (open_clip token counts, start/end included) and the mean number of
+    tokens the tokenizer cuts from each of them (0 when none is cut)."""
+    cut = [count - context_length for count in (token_counts or []) if count > context_length]
+    return {"context_length": context_length, "captions_over_context": len(cut),
+            "mean_tokens_cut": round(sum(cut) / len(cut), 2) if cut else 0.0}
+
+
+def model_card(dataset: Dict, token_counts: Optional[Sequence[int]], context_length: int, tie_rule: str,
+               precision: str) -> Dict:
+    from training_ext.common.retrieval import TIE_RULES
+    return {**dataset, **context_fields(token_counts, context_length),
+            "tie_rule": tie_rule, "tie_rule_meaning": TIE_RULES[tie_rule], "precision": precision}
+
+
+def _counts_line(card: Dict) -> str:
+    second = ("classes", card["num_classes"]) if "num_classes" in card else ("captions", card["num_captions"])
+    line = f"{card['num_images']} images, {second[1]} {second[0]}"
+    if card.get("release_counts") and not card.get("matches_release"):
+        released = card["release_counts"]
+        line += f" (the full release has {released[0]} images, {released[1]} {second[0]}: NOT the full set)"
+    return line
+
+
+def format_card(card: Dict, model: str) -> str:
+    """The card as indented text lines (terminal and results.md)."""
+    skipped = f"{card['skipped_files']}"
+    if card["skipped_files"]:
+        skipped += f" ({', '.join(card['skipped_examples'])}{', ...' if card['skipped_files'] > len(card['skipped_examples']) else ''})"
+    context = f"{card['context_length']} tokens"
+    if "num_captions" in card:
+        context += (f"; {card['captions_over_context']} captions longer, cut by "
+                    f"{card['mean_tokens_cut']} tokens on average")
+    lines = [
+        f"protocol card: {card['benchmark']} x {model}",
+        f"  protocol:       {card['protocol']}, follows {card['follows']}",
+        f"  evaluated:      {_counts_line(card)}",
+        f"  normalisation:  {card['normalisation']}",
+        f"  blank captions: {card['blank_captions']} kept; files the protocol skips: {skipped}",
+        f"  sha256:         {card['sha256']}",
+        f"  context:        {context}",
+        f"  tie rule:       {card['tie_rule']} ({card['tie_rule_meaning']})",
+        f"  precision:      {card['precision']}",
+    ]
+    return "\n".join(lines)
