@@ -14,9 +14,13 @@ from torch.nn import functional as F
 from open_clip.transformer import LayerScale
 
 from .cope import CoPE
+from .kernels.cope_torch import cope_attention
 from .rope import RotaryEmbedding
 
 COPE_SCALES = ("tulip", "paper")
+# "function": memory-lean (kernels/; fused Triton kernels on CUDA when installed), the default; "torch": the
+# same without Triton; "autograd": op by op, every (B, H, L, L) intermediate saved, kept for checks.
+COPE_IMPLS = ("function", "torch", "autograd")
 
 
 class RelPosAttention(nn.Module):
@@ -49,40 +53,77 @@ class RelPosAttention(nn.Module):
             self.cope = CoPE(context_length, self.head_dim)
             self.q_ln = norm_layer(self.head_dim) if cope_qk_norm else nn.Identity()
             self.k_ln = norm_layer(self.head_dim) if cope_qk_norm else nn.Identity()
+            self.cope_impl = "function"
 
-    def _split_heads(self, x: torch.Tensor):
-        qkv = F.linear(x, self.in_proj_weight.to(x.dtype), self.in_proj_bias.to(x.dtype))
-        # (B, L, 3 * width) -> three (B, heads, L, head_dim)
-        return qkv.unflatten(-1, (3, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
+    def _project_heads(self, x: torch.Tensor, rows: slice, count: int):
+        """``count`` of q/k/v from ``in_proj`` rows ``rows``: (B, L, width) -> ``count`` x (B, heads, L, head_dim)."""
+        out = F.linear(x, self.in_proj_weight[rows].to(x.dtype), self.in_proj_bias[rows].to(x.dtype))
+        return out.unflatten(-1, (count, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
 
-    def _cope_attention(self, q, k, v):
-        seq_len = q.shape[-2]
+    def _cope_attention(self, q, k, v, future: Optional[torch.Tensor] = None):
+        """q (B, H, Lq, d), k and v (B, H, L, d); ``future`` (bool, broadcastable to (B, H, Lq, L)) masks keys
+        after each query, None for the square causal case (which runs the memory-lean path by default)."""
+        seq_len = k.shape[-2]
         if seq_len > self.cope.npos_max:
             raise ValueError(
                 f"CoPE text tower has position tables for {self.cope.npos_max} tokens and cannot read "
                 f"{seq_len}; truncate the input (tokenizer context_length={self.cope.npos_max})")
         q, k = self.q_ln(q), self.k_ln(k)
         scale = self.head_dim ** -0.5
-        # Scales are applied to q (L x d) rather than to the logits (L x L): same product, fewer operations.
-        if self.cope_scale == "tulip":
-            cope_query = q * scale
-            logits = torch.matmul(cope_query * scale, k.transpose(-1, -2))
-        else:
-            cope_query = q
-            logits = torch.matmul(q * scale, k.transpose(-1, -2))
-        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=q.device).triu_(1)
-        logits = logits.masked_fill(causal, float("-inf"))
+        # TULIP reads the table with q / sqrt(d) and scales the product once more (1/d overall); the paper reads
+        # it with q. Either way logits = scale * cope_query @ k^T.
+        cope_query = q * scale if self.cope_scale == "tulip" else q
+        if future is None and self.cope_impl != "autograd":
+            return cope_attention(cope_query, k, v, self.cope.pos_emb, scale,
+                                  use_triton=None if self.cope_impl == "function" else False)
+        if future is None:
+            future = torch.ones(seq_len, seq_len, dtype=torch.bool, device=k.device).triu_(1)
+        return self._cope_attention_autograd(cope_query, k, v, scale, future)
+
+    def _cope_attention_autograd(self, cope_query, k, v, scale, future):
+        """The op-by-op formulation (saves every (B, H, Lq, L) intermediate); checks the default path, and serves
+        the pooled-rows case, where Lq = 1 makes those intermediates small."""
+        # Scaling q (L x d) rather than the logits (L x L): same product, fewer operations.
+        logits = torch.matmul(cope_query * scale, k.transpose(-1, -2)).masked_fill(future, float("-inf"))
         logits = logits + self.cope(cope_query, logits.to(cope_query.dtype)).to(logits.dtype)
         return torch.matmul(logits.softmax(dim=-1).to(v.dtype), v)
 
-    def forward(self, x: torch.Tensor, rotary: Optional[RotaryEmbedding] = None) -> torch.Tensor:
-        q, k, v = self._split_heads(x)
-        if self.position == "rope":
-            q, k = rotary(q), rotary(k)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    def forward(self, x: torch.Tensor, rotary: Optional[RotaryEmbedding] = None,
+                query_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, L, width) -> (B, L, width); with ``query_rows`` (B,) int64, only the query at that row of each
+        sequence is computed (keys and values still span all L): -> (B, width)."""
+        if query_rows is None:
+            q, k, v = self._project_heads(x, slice(None), 3)
         else:
-            out = self._cope_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+            width = x.shape[-1]
+            batch = torch.arange(x.shape[0], device=x.device)
+            (q,) = self._project_heads(x[batch, query_rows].unsqueeze(1), slice(0, width), 1)  # (B, H, 1, d)
+            k, v = self._project_heads(x, slice(width, None), 2)
+            # Keys after the query row are masked, exactly as the causal mask does for that row.
+            future = (torch.arange(x.shape[1], device=x.device) > query_rows[:, None])[:, None, None, :]
+        if self.position == "rope":
+            k = rotary(k)
+            if query_rows is None:
+                out = F.scaled_dot_product_attention(rotary(q), k, v, is_causal=True)
+            else:
+                out = F.scaled_dot_product_attention(_rotate_at_rows(rotary, q, query_rows, x.shape[1]), k, v,
+                                                     attn_mask=~future)
+        else:
+            out = self._cope_attention(q, k, v, None if query_rows is None else future)
+        out = self.out_proj(out.transpose(1, 2).flatten(2))
+        return out if query_rows is None else out.squeeze(1)
+
+
+def _rotate_at_rows(rotary: RotaryEmbedding, q: torch.Tensor, rows: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Rotate q (B, H, 1, d) by the position ``rows[b]`` of each sequence.
+
+    ``RotaryEmbedding`` rotates by index along the sequence axis, so each query is placed at its row of a zero
+    (B, H, L, d) tensor, rotated there and read back: one elementwise pass, no second copy of RoPE's tables.
+    """
+    batch = torch.arange(q.shape[0], device=q.device)
+    placed = q.new_zeros(q.shape[0], q.shape[1], seq_len, q.shape[3])
+    placed[batch, :, rows] = q[:, :, 0]
+    return rotary(placed)[batch, :, rows].unsqueeze(2)
 
 
 class RelPosResidualBlock(nn.Module):
@@ -104,6 +145,11 @@ class RelPosResidualBlock(nn.Module):
         ]))
         self.ls_2 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rotary: Optional[RotaryEmbedding] = None) -> torch.Tensor:
-        x = x + self.ls_1(self.attn(self.ln_1(x), rotary))
+    def forward(self, x: torch.Tensor, rotary: Optional[RotaryEmbedding] = None,
+                query_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, L, width) -> (B, L, width), or (B, width) at ``query_rows`` (B,) (see ``RelPosAttention``)."""
+        attn = self.attn(self.ln_1(x), rotary, query_rows)
+        if query_rows is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), query_rows]
+        x = x + self.ls_1(attn)
         return x + self.ls_2(self.mlp(self.ln_2(x)))

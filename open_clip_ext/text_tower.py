@@ -9,10 +9,10 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from open_clip.transformer import lock_text_tower, text_global_pool
+from open_clip.transformer import lock_text_tower
 from open_clip.utils import feature_take_indices
 
-from .attention import RelPosResidualBlock
+from .attention import COPE_IMPLS, RelPosResidualBlock
 from .rope import RotaryEmbedding, dynamic_ntk_theta
 
 
@@ -36,15 +36,17 @@ class RelPosTransformer(nn.Module):
     def get_cast_dtype(self) -> torch.dtype:
         return self.resblocks[0].mlp.c_fc.weight.dtype
 
-    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _run_block(self, block: nn.Module, x: torch.Tensor, query_rows: Optional[torch.Tensor] = None):
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, self.rotary, use_reentrant=False)
-        return block(x, self.rotary)
+            return checkpoint(block, x, self.rotary, query_rows, use_reentrant=False)
+        return block(x, self.rotary, query_rows)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(self, x: torch.Tensor, query_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, L, width) -> (B, L, width); with ``query_rows`` (B,) int64 the last block computes only those
+        rows (its keys and values still span all L) and the result is (B, width)."""
+        for block in self.resblocks[:-1]:
             x = self._run_block(block, x)
-        return x
+        return self._run_block(self.resblocks[-1], x, query_rows)
 
 
 class RelPosTextTransformer(nn.Module):
@@ -77,6 +79,9 @@ class RelPosTextTransformer(nn.Module):
         if pool_type not in ("argmax", "eos", "last"):
             raise ValueError(f"pool_type {pool_type!r} is not supported by the relative-position text tower")
         self.output_tokens = output_tokens
+        # Without token outputs only the pooled row of the last block is read, and causal attention lets that row
+        # be computed alone (all keys, one query, one MLP row per caption): same features, less work.
+        self.last_block_at_pooled_rows = True
         self.context_length = self.num_pos = context_length
         self.vocab_size = vocab_size
         self.width = width
@@ -134,6 +139,20 @@ class RelPosTextTransformer(nn.Module):
         return [name for name, _ in self.named_parameters() if ".cope." in name or ".q_ln." in name
                 or ".k_ln." in name]
 
+    def set_cope_impl(self, impl: str = "function"):
+        """CoPE attention implementation of every layer: "function" (memory-lean, the default; fused Triton
+        kernels on CUDA when installed), "torch" (memory-lean, pure PyTorch everywhere) or "autograd" (op by
+        op, every (B, H, L, L) intermediate saved).
+
+        Raises ValueError for another name or on a RoPE tower. Not saved with the weights.
+        """
+        if self.position != "cope":
+            raise ValueError(f"set_cope_impl needs a CoPE tower, this one uses {self.position!r}")
+        if impl not in COPE_IMPLS:
+            raise ValueError(f"cope_impl must be one of {COPE_IMPLS}, got {impl!r}")
+        for block in self.transformer.resblocks:
+            block.attn.cope_impl = impl
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.transformer.grad_checkpointing = enable
@@ -155,8 +174,16 @@ class RelPosTextTransformer(nn.Module):
             return self.text_projection(pooled)
         return pooled @ self.text_projection.to(pooled.dtype)
 
+    def _pool_rows(self, text: torch.Tensor) -> torch.Tensor:
+        """(B,) int64 index of the pooled token, as ``open_clip.transformer.text_global_pool`` picks it."""
+        if self.pool_type == "argmax":  # the EOT id is the largest in CLIP's vocabulary
+            return text.argmax(dim=-1)
+        if self.pool_type == "eos":
+            return (text == self.eos_id).int().argmax(dim=-1)
+        return torch.full(text.shape[:1], text.shape[-1] - 1, dtype=torch.long, device=text.device)
+
     def _pool(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return text_global_pool(x, text, pool_type=self.pool_type, eos_token_id=self.eos_id)
+        return x[torch.arange(x.shape[0], device=x.device), self._pool_rows(text)]
 
     def _embed(self, text: torch.Tensor) -> torch.Tensor:
         if text.shape[-1] > self.context_length:
@@ -167,7 +194,12 @@ class RelPosTextTransformer(nn.Module):
         return self.token_embedding(text).to(self.transformer.get_cast_dtype())
 
     def forward(self, text: torch.Tensor):
-        tokens = self.ln_final(self.transformer(self._embed(text)))
+        """text (B, L) int64 token ids -> features (B, output_dim), plus tokens (B, L, width) if output_tokens."""
+        x = self._embed(text)
+        if self.last_block_at_pooled_rows and not self.output_tokens:
+            # ln_final is per token, so normalising the pooled row alone is the same as pooling after it.
+            return self._project(self.ln_final(self.transformer(x, query_rows=self._pool_rows(text))))
+        tokens = self.ln_final(self.transformer(x))
         pooled = self._project(self._pool(tokens, text))
         if self.output_tokens:
             return pooled, tokens

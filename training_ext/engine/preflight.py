@@ -186,16 +186,9 @@ def check_loggers(args, error: Error) -> None:
         error("--report-to tensorboard needs the tensorboard package (pip install tensorboard)")
 
 
-def check_compile(args, text_cfg: Optional[dict], error: Error) -> None:
-    if args.torchcompile and (text_cfg or {}).get("pos_embed_type") == "cope":
-        error("--torchcompile is refused for CoPE text towers for now (compiling CoPE's gated positions is not "
-              "ready); train without it, or use the RoPE entry point")
-
-
-def check_common(args, error: Error, text_cfg: Optional[dict]) -> None:
-    """The checks both stages make after their own: resume file, data paths, run folder, loggers, compile."""
+def check_common(args, error: Error) -> None:
+    """The checks both stages make after their own: resume file, data paths, run folder, loggers."""
     check_resume(args, error)
     check_data_paths(args, error)
     check_run_folder(args, error)
     check_loggers(args, error)
-    check_compile(args, text_cfg, error)

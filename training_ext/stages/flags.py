@@ -125,7 +125,7 @@ class DistillFlags(StageFlags):
                 f"vision tower" if args.teacher_model else
                 "student: no --pretrained and no --teacher-model to start from: random initial weights")
         args.pretrained = args.pretrained or ""
-        preflight.check_common(args, self.error, text)
+        preflight.check_common(args, self.error)
 
     def _check_student(self, args, student: dict, teacher, preflight) -> None:
         """Relative positions and a longer context than the teacher; the same output width as the teacher."""
@@ -248,7 +248,7 @@ class FinetuneFlags(StageFlags):
         elif (text or {}).get("pos_embed_type") in POSITIONS:
             args.flag_notes.append("no --student-checkpoint: the text tower is the one --pretrained gives "
                                    "(not distilled)")
-        preflight.check_common(args, self.error, text)
+        preflight.check_common(args, self.error)
 
     def _check_model(self, args, text: dict, preflight) -> None:
         kind = text.get("pos_embed_type")
