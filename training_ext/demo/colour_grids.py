@@ -1,30 +1,35 @@
-"""A small synthetic long-caption dataset where the words after token 77 decide retrieval.
+"""A small synthetic long-caption dataset where retrieval depends on a detail at a known token position.
 
 No pretrained CLIP and no real long-caption dataset can be fetched on a fresh machine, so the demo trains on a
 world of its own. Every image is a 2 x 4 grid of solid colour blocks (32 x 32 pixels by default, so that a
 patch-8 ViT sees each block as two patches). Its long caption opens with a one-sentence summary (the short
-caption), then describes the blocks one sentence each in a fixed order: the top row left to right, then the
-bottom row. The sentences are fixed-length templates over single-token colour words, so every caption tokenizes
-to the same length and the top row is always described inside CLIP's 77 tokens while every bottom-row colour
-word sits after token 77: a 77-token text tower cannot see the bottom row at all, a 248-token one sees all of it.
+caption), then describes the eight blocks one sentence each in a fixed order (top row left to right, then the
+bottom row), with 0 to ``MAX_FILLERS`` *filler* sentences (true of every picture, so they carry no information)
+slipped in between at random places. All sentences are fixed-length templates over single-token words, so a
+block's token position is known exactly: it moves with the number of fillers before it. Captions run from 134 to
+244 tokens; a colour word can sit anywhere from token 29 to token 237.
 
 Splits written by ``generate_dataset`` (open_clip CSVs, tab-separated, columns ``filepath``, ``title`` (long
 caption), ``short_title`` (short caption)):
 
-- ``train.csv``, ``val.csv``, ``test_ordinary.csv``: independent random scenes;
-- ``test_late_detail.csv``: groups of ``group_size`` scenes sharing the top row (so their captions agree in the
-  first 77 tokens) and differing in the bottom row; column ``group`` names the group. A model that reads only
-  77 tokens is at chance inside a group.
+- ``train.csv``, ``val.csv``, ``test_ordinary.csv``: independent random scenes and filler layouts;
+- ``test_detail.csv``: groups of ``group_size`` scenes that are identical (filler layout included) except for
+  the colour of one block, the *detail*. Columns ``group``, ``detail_block`` and ``detail_position`` (the index
+  of the detail's colour word in open_clip's untruncated token ids, start token = 0) are added. The groups'
+  detail positions sweep evenly over the whole range. A 77-token model keeps the start token, 75 caption tokens
+  and the end token, so it sees a detail at position <= ``LAST_TEACHER_POSITION`` (75) and is at chance inside
+  a group whose detail lies later.
 
-No scene occurs in two splits. ``meta.json`` records the seed, sizes and token-length statistics, and
-the late-detail property as checked with open_clip's tokenizer.
+No scene occurs in two splits (a scene is the grid of colours; the filler layout is caption-only). ``meta.json``
+records the seed, sizes, token-length statistics and the detail positions as re-checked with open_clip's
+tokenizer.
 """
 import argparse
 import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pandas as pd
@@ -33,33 +38,58 @@ from tqdm import tqdm
 
 from training_ext.common.file_io import atomic_open, write_json, write_tsv
 
-# name -> (RGB, warmth). Every name is a single token of CLIP's BPE vocabulary (checked at generation), which
-# keeps all captions the same token length. The hues are far apart so that 8-pixel blocks stay tellable apart.
-PALETTE: Dict[str, Tuple[Tuple[int, int, int], str]] = {
-    "red": ((220, 30, 30), "warm"),
-    "orange": ((245, 140, 20), "warm"),
-    "yellow": ((240, 225, 40), "warm"),
-    "green": ((40, 170, 60), "cool"),
-    "blue": ((35, 70, 220), "cool"),
-    "purple": ((140, 50, 180), "cool"),
-    "white": ((245, 245, 245), "neutral"),
-    "black": ((20, 20, 20), "neutral"),
+# name -> RGB. Every name is a single token of CLIP's BPE vocabulary (checked at generation), so a colour change
+# never moves a later token. The hues are far apart so that 8-pixel blocks stay tellable apart.
+PALETTE: Dict[str, Tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "orange": (245, 140, 20),
+    "yellow": (240, 225, 40),
+    "green": (40, 170, 60),
+    "blue": (35, 70, 220),
+    "purple": (140, 50, 180),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
 }
 COLOUR_NAMES: Tuple[str, ...] = tuple(PALETTE)
 ROW_NAMES = ("top", "bottom")
 COLUMN_ORDINALS = ("first", "second", "third", "fourth")
 N_COLUMNS = len(COLUMN_ORDINALS)
+N_BLOCKS = len(ROW_NAMES) * N_COLUMNS
 
-# CLIP's context: the teacher sees BOS + 75 caption tokens + EOT; the students see 248 tokens.
+# True of every picture, so a caption gains length but no information. All have the same token count (checked at
+# generation), which keeps the detail positions on a regular grid that the sweep can cover evenly.
+FILLER_SENTENCES: Tuple[str, ...] = (
+    "Nothing in the picture moves or casts a shadow.",
+    "All eight blocks have the same width and height.",
+    "The colours were chosen at random for this picture.",
+    "There is no border or frame around the grid.",
+    "The picture is small and has a square shape.",
+    "The light in the picture is even and soft.",
+    "No two rows of the grid are drawn differently.",
+    "The corners of every block are square and sharp.",
+)
+# 11 fillers of 10 tokens on top of the 134-token plain caption give 244 tokens: the longest caption still fits a
+# 248-token student whole.
+MAX_FILLERS = 11
+# Filler slots: before block sentence j (j = 0..7, slot 0 right after the summary) or at the end (slot 8).
+N_SLOTS = N_BLOCKS + 1
+
+# CLIP's context: the teacher keeps the start token, 75 caption tokens and the end token; the students read 248.
 TEACHER_CONTEXT = 77
+LAST_TEACHER_POSITION = TEACHER_CONTEXT - 2
 STUDENT_CONTEXT = 248
+# The summary names the top-left block's colour, so a change there would also show at token ~19: the detail is
+# any other block.
+DETAIL_BLOCKS = tuple(range(1, N_BLOCKS))
 
 SPLIT_FILES = {
     "train": "train.csv",
     "val": "val.csv",
     "test_ordinary": "test_ordinary.csv",
-    "test_late_detail": "test_late_detail.csv",
+    "test_detail": "test_detail.csv",
 }
+BASE_COLUMNS = ["filepath", "title", "short_title"]
+DETAIL_COLUMNS = ["group", "detail_block", "detail_position"]
 
 # Per-block colour shift and per-pixel noise: no two images are pixel-identical, yet the palette stays apart.
 BLOCK_JITTER = 12
@@ -72,24 +102,56 @@ class Scene:
     top: Tuple[int, ...]
     bottom: Tuple[int, ...]
 
+    @property
+    def blocks(self) -> Tuple[int, ...]:
+        return self.top + self.bottom
+
+    def with_block(self, block: int, colour: int) -> "Scene":
+        blocks = list(self.blocks)
+        blocks[block] = colour
+        return Scene(tuple(blocks[:N_COLUMNS]), tuple(blocks[N_COLUMNS:]))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the filler sentences go: ``slots[j]`` lists the FILLER_SENTENCES indices written into slot j."""
+    slots: Tuple[Tuple[int, ...], ...] = ((),) * N_SLOTS
+
+    def fillers_before(self, block: int) -> int:
+        return sum(len(slot) for slot in self.slots[:block + 1])
+
+    @property
+    def n_fillers(self) -> int:
+        return sum(len(slot) for slot in self.slots)
+
+
+@dataclass(frozen=True)
+class Item:
+    scene: Scene
+    layout: Layout
+    group: Optional[int] = None
+    detail_block: Optional[int] = None
+
 
 def short_caption(scene: Scene) -> str:
-    """The one-sentence summary; it names only top-row content so it stays inside the first 77 tokens."""
+    """The one-sentence summary; it names only the top-left block, the same in every caption's first tokens."""
     corner = COLOUR_NAMES[scene.top[0]]
     return f"A picture of eight coloured blocks in two rows, with a {corner} block in the top left corner."
 
 
-def _block_sentence(row_name: str, column: int, colour_index: int) -> str:
-    name = COLOUR_NAMES[colour_index]
-    warmth = PALETTE[name][1]
-    return f"The {COLUMN_ORDINALS[column]} block in the {row_name} row is {name}, a {warmth} colour."
+def _block_sentence(block: int, colour_index: int) -> str:
+    # the words after the colour are the same for every colour, so that a detail changes exactly one token
+    row_name, column = ROW_NAMES[block // N_COLUMNS], block % N_COLUMNS
+    return f"The {COLUMN_ORDINALS[column]} block in the {row_name} row is {COLOUR_NAMES[colour_index]}, a solid colour."
 
 
-def long_caption(scene: Scene) -> str:
-    """Summary, then every block in a fixed order: top row left to right, then bottom row left to right."""
+def long_caption(scene: Scene, layout: Layout = Layout()) -> str:
+    """Summary, then every block (top row left to right, then bottom row) with the layout's fillers in between."""
     sentences = [short_caption(scene)]
-    for row_name, row in zip(ROW_NAMES, (scene.top, scene.bottom)):
-        sentences.extend(_block_sentence(row_name, column, colour) for column, colour in enumerate(row))
+    for block, colour in enumerate(scene.blocks):
+        sentences.extend(FILLER_SENTENCES[f] for f in layout.slots[block])
+        sentences.append(_block_sentence(block, colour))
+    sentences.extend(FILLER_SENTENCES[f] for f in layout.slots[N_BLOCKS])
     return " ".join(sentences)
 
 
@@ -101,69 +163,14 @@ def render_scene(scene: Scene, image_size: int, rng: np.random.Generator) -> Ima
     pixels = np.empty((image_size, image_size, 3), dtype=np.float32)
     for row_index, row in enumerate((scene.top, scene.bottom)):
         for column, colour_index in enumerate(row):
-            rgb = np.array(PALETTE[COLOUR_NAMES[colour_index]][0], dtype=np.float32)
+            rgb = np.array(PALETTE[COLOUR_NAMES[colour_index]], dtype=np.float32)
             rgb += rng.integers(-BLOCK_JITTER, BLOCK_JITTER + 1, size=3)
             pixels[row_index * block_h:(row_index + 1) * block_h, column * block_w:(column + 1) * block_w] = rgb
     pixels += rng.normal(0.0, PIXEL_NOISE_STD, size=pixels.shape)
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
 
 
-def _random_row(rng: np.random.Generator) -> Tuple[int, ...]:
-    return tuple(int(c) for c in rng.integers(0, len(COLOUR_NAMES), size=N_COLUMNS))
-
-
-def sample_scenes(rng: np.random.Generator, count: int, excluded: Set[Scene]) -> List[Scene]:
-    """``count`` distinct random scenes, none of them in ``excluded``."""
-    capacity = len(COLOUR_NAMES) ** (2 * N_COLUMNS) - len(excluded)
-    if count > capacity // 2:
-        raise ValueError(f"asked for {count} distinct scenes; the world has room for far fewer ({capacity})")
-    scenes: List[Scene] = []
-    seen = set(excluded)
-    while len(scenes) < count:
-        scene = Scene(_random_row(rng), _random_row(rng))
-        if scene not in seen:
-            seen.add(scene)
-            scenes.append(scene)
-    return scenes
-
-
-def sample_late_detail_groups(rng: np.random.Generator, n_groups: int, group_size: int) -> List[List[Scene]]:
-    """Groups sharing one top row (distinct across groups) with distinct bottom rows inside a group."""
-    n_rows = len(COLOUR_NAMES) ** N_COLUMNS
-    if group_size < 2 or group_size > n_rows or n_groups > n_rows // 2:
-        raise ValueError(f"cannot build {n_groups} groups of {group_size} from {n_rows} possible rows")
-    groups: List[List[Scene]] = []
-    used_tops: Set[Tuple[int, ...]] = set()
-    while len(groups) < n_groups:
-        top = _random_row(rng)
-        if top in used_tops:
-            continue
-        used_tops.add(top)
-        bottoms: List[Tuple[int, ...]] = []
-        while len(bottoms) < group_size:
-            bottom = _random_row(rng)
-            if bottom not in bottoms:
-                bottoms.append(bottom)
-        groups.append([Scene(top, bottom) for bottom in bottoms])
-    return groups
-
-
-def write_split(out_dir: Path, split: str, scenes: Sequence[Scene], groups: Sequence[int], image_size: int,
-                rng: np.random.Generator) -> pd.DataFrame:
-    """Render ``scenes`` to ``images/<split>/``, write ``<split>.csv`` and return its rows."""
-    image_dir = out_dir / "images" / split
-    rows = []
-    for index, scene in enumerate(tqdm(scenes, desc=f"{split} images", unit="img", leave=False)):
-        image_path = image_dir / f"{index:06d}.png"
-        with atomic_open(str(image_path), "wb") as handle:
-            render_scene(scene, image_size, rng).save(handle, format="PNG")
-        rows.append({"filepath": str(image_path), "title": long_caption(scene), "short_title": short_caption(scene)})
-    frame = pd.DataFrame(rows, columns=["filepath", "title", "short_title"])
-    if split == "test_late_detail":
-        frame["group"] = list(groups)
-    write_tsv(str(out_dir / SPLIT_FILES[split]), list(frame.columns), frame.itertuples(index=False, name=None))
-    return frame
-
+# ------------------------------------------------------------------------------------------ token arithmetic
 
 @functools.lru_cache(maxsize=1)
 def _clip_tokenizer():
@@ -174,50 +181,202 @@ def _clip_tokenizer():
 
 
 def _token_ids(captions: Iterable[str]) -> List[List[int]]:
-    """Untruncated ids as open_clip's tokenizer builds them: BOS, the caption's BPE tokens, EOT."""
+    """Untruncated ids as open_clip's tokenizer builds them: start token, the caption's BPE tokens, end token."""
     tokenizer = _clip_tokenizer()
     return [[tokenizer.sot_token_id] + tokenizer.encode(text) + [tokenizer.eot_token_id] for text in captions]
 
 
+def _n_tokens(text: str) -> int:
+    return len(_clip_tokenizer().encode(text))
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """Token counts of the caption's parts. CLIP's BPE never merges across words, so a caption's token count is
+    the sum of its sentences' counts and a block's position follows from what precedes it."""
+    summary: int
+    block: int
+    filler: int
+    colour_offset: int  # tokens of a block sentence before its colour word
+
+    def detail_position(self, block: int, fillers_before: int) -> int:
+        return 1 + self.summary + fillers_before * self.filler + block * self.block + self.colour_offset
+
+    def caption_length(self, n_fillers: int) -> int:
+        return 2 + self.summary + N_BLOCKS * self.block + n_fillers * self.filler
+
+
+@functools.lru_cache(maxsize=1)
+def token_grid() -> TokenGrid:
+    """Measure the parts with open_clip's tokenizer and refuse vocabularies that would break the fixed grid."""
+    words = list(COLOUR_NAMES) + list(COLUMN_ORDINALS)
+    for word, ids in zip(words, _token_ids(words)):
+        if len(ids) != 3:
+            raise ValueError(f"'{word}' is not one CLIP token: captions would differ in length and the detail "
+                             f"positions would move")
+    filler_lengths = {_n_tokens(text) for text in FILLER_SENTENCES}
+    if len(filler_lengths) != 1:
+        raise ValueError(f"filler sentences must all have one token count, found {sorted(filler_lengths)}")
+    sentence = _block_sentence(0, 0)
+    grid = TokenGrid(summary=_n_tokens(short_caption(Scene((0,) * N_COLUMNS, (0,) * N_COLUMNS))),
+                     block=_n_tokens(sentence), filler=filler_lengths.pop(),
+                     colour_offset=_n_tokens(sentence.split(f" {COLOUR_NAMES[0]},")[0]))
+    if grid.caption_length(MAX_FILLERS) > STUDENT_CONTEXT:
+        raise ValueError(f"the longest caption ({grid.caption_length(MAX_FILLERS)} tokens) would not fit "
+                         f"{STUDENT_CONTEXT}")
+    return grid
+
+
+def detail_position_range() -> Tuple[int, int]:
+    """The first and last token position a detail can take (over DETAIL_BLOCKS and every filler count)."""
+    grid = token_grid()
+    return (grid.detail_position(DETAIL_BLOCKS[0], 0), grid.detail_position(DETAIL_BLOCKS[-1], MAX_FILLERS))
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+def _random_row(rng: np.random.Generator) -> Tuple[int, ...]:
+    return tuple(int(c) for c in rng.integers(0, len(COLOUR_NAMES), size=N_COLUMNS))
+
+
+def _random_scene(rng: np.random.Generator) -> Scene:
+    return Scene(_random_row(rng), _random_row(rng))
+
+
+def _layout_from_slots(slot_of_filler: Sequence[int], rng: np.random.Generator) -> Layout:
+    slots: List[List[int]] = [[] for _ in range(N_SLOTS)]
+    for slot in sorted(int(s) for s in slot_of_filler):
+        slots[slot].append(int(rng.integers(0, len(FILLER_SENTENCES))))
+    return Layout(tuple(tuple(slot) for slot in slots))
+
+
+def random_layout(rng: np.random.Generator) -> Layout:
+    """0..MAX_FILLERS fillers (uniform count), each in a uniformly drawn slot."""
+    n_fillers = int(rng.integers(0, MAX_FILLERS + 1))
+    return _layout_from_slots(rng.integers(0, N_SLOTS, size=n_fillers), rng)
+
+
+def layout_for_detail(rng: np.random.Generator, block: int, fillers_before: int) -> Layout:
+    """A random layout with exactly ``fillers_before`` fillers up to ``block``'s sentence and 0 or more after it."""
+    after = int(rng.integers(0, MAX_FILLERS - fillers_before + 1))
+    slot_of_filler = list(rng.integers(0, block + 1, size=fillers_before))
+    slot_of_filler += list(rng.integers(block + 1, N_SLOTS, size=after))
+    return _layout_from_slots(slot_of_filler, rng)
+
+
+def sample_items(rng: np.random.Generator, count: int, excluded: Set[Scene]) -> List[Item]:
+    """``count`` items with distinct random scenes, none of them in ``excluded``, each with a random layout."""
+    capacity = len(COLOUR_NAMES) ** N_BLOCKS - len(excluded)
+    if count > capacity // 2:
+        raise ValueError(f"asked for {count} distinct scenes; the world has room for far fewer ({capacity})")
+    items: List[Item] = []
+    seen = set(excluded)
+    while len(items) < count:
+        scene = _random_scene(rng)
+        if scene not in seen:
+            seen.add(scene)
+            items.append(Item(scene, random_layout(rng)))
+    return items
+
+
+def _detail_choice(rng: np.random.Generator, target: float) -> Tuple[int, int]:
+    """(block, fillers before it) whose detail position is nearest ``target``; ties drawn at random."""
+    grid = token_grid()
+    options = [(abs(grid.detail_position(b, n) - target), b, n)
+               for b in DETAIL_BLOCKS for n in range(MAX_FILLERS + 1)]
+    best = min(distance for distance, _, _ in options)
+    nearest = [(b, n) for distance, b, n in options if distance == best]
+    return nearest[int(rng.integers(0, len(nearest)))]
+
+
+def sample_detail_groups(rng: np.random.Generator, n_groups: int, group_size: int,
+                         excluded: Set[Scene]) -> List[List[Item]]:
+    """Groups of scenes that differ only in one block's colour, with one layout per group.
+
+    Group g aims its detail at a position drawn uniformly from the g-th of ``n_groups`` equal slices of the
+    possible range (stratified), so the positions cover the range evenly even for a handful of groups.
+    """
+    if not 2 <= group_size <= len(COLOUR_NAMES):
+        raise ValueError(f"group_size must be between 2 and {len(COLOUR_NAMES)} (one colour per member), "
+                         f"got {group_size}")
+    low, high = detail_position_range()
+    groups: List[List[Item]] = []
+    seen = set(excluded)
+    while len(groups) < n_groups:
+        g = len(groups)
+        target = low + (g + rng.random()) / n_groups * (high - low)
+        block, before = _detail_choice(rng, target)
+        base = _random_scene(rng)
+        colours = rng.permutation(len(COLOUR_NAMES))[:group_size]
+        scenes = [base.with_block(block, int(c)) for c in colours]
+        if any(scene in seen for scene in scenes):  # an earlier split or group holds one: draw the group again
+            continue
+        seen.update(scenes)
+        layout = layout_for_detail(rng, block, before)
+        groups.append([Item(scene, layout, g, block) for scene in scenes])
+    return groups
+
+
+# ------------------------------------------------------------------------------------------ writing and checks
+
+def detail_position(item: Item) -> int:
+    return token_grid().detail_position(item.detail_block, item.layout.fillers_before(item.detail_block))
+
+
+def write_split(out_dir: Path, split: str, items: Sequence[Item], image_size: int,
+                rng: np.random.Generator) -> pd.DataFrame:
+    """Render ``items`` to ``images/<split>/``, write ``<split>.csv`` and return its rows."""
+    image_dir = out_dir / "images" / split
+    rows = []
+    for index, item in enumerate(tqdm(items, desc=f"{split} images", unit="img", leave=False)):
+        image_path = image_dir / f"{index:06d}.png"
+        with atomic_open(str(image_path), "wb") as handle:
+            render_scene(item.scene, image_size, rng).save(handle, format="PNG")
+        row = {"filepath": str(image_path), "title": long_caption(item.scene, item.layout),
+               "short_title": short_caption(item.scene)}
+        if item.detail_block is not None:
+            row.update(group=item.group, detail_block=item.detail_block, detail_position=detail_position(item))
+        rows.append(row)
+    columns = BASE_COLUMNS + (DETAIL_COLUMNS if split == "test_detail" else [])
+    frame = pd.DataFrame(rows, columns=columns)
+    write_tsv(str(out_dir / SPLIT_FILES[split]), columns, frame.itertuples(index=False, name=None))
+    return frame
+
+
 def token_length_stats(captions: Sequence[str]) -> Dict[str, float]:
     lengths = [len(ids) for ids in _token_ids(captions)]
-    return {"min": min(lengths), "max": max(lengths), "mean": float(np.mean(lengths))}
+    return {"min": min(lengths), "max": max(lengths), "mean": round(float(np.mean(lengths)), 2)}
 
 
-def check_late_detail(captions: Sequence[str], groups: Sequence[int]) -> Dict[str, int]:
-    """Verify with the real tokenizer that each group agrees on its first 77 tokens (BOS counted) and that its
-    captions are pairwise different, and that all fit 248 tokens; return where the groups start to differ."""
+def check_detail_groups(captions: Sequence[str], groups: Sequence[int], positions: Sequence[int]) -> Dict:
+    """Re-tokenize with the real tokenizer: each group's captions differ at exactly one token, the recorded
+    ``detail_position``, and every caption fits the students' context. Returns the sweep's statistics."""
     ids = _token_ids(captions)
     longest = max(len(seq) for seq in ids)
     if longest > STUDENT_CONTEXT:
-        raise ValueError(f"a late-detail caption has {longest} tokens, more than the {STUDENT_CONTEXT} a student reads")
-    members: Dict[int, List[List[int]]] = {}
-    for seq, group in zip(ids, groups):
-        members.setdefault(group, []).append(seq)
-    first_difference = STUDENT_CONTEXT
-    for group, sequences in members.items():
-        heads = {tuple(seq[:TEACHER_CONTEXT]) for seq in sequences}
-        if len(heads) != 1:
-            raise ValueError(f"late-detail group {group}: captions differ within the first {TEACHER_CONTEXT} tokens")
+        raise ValueError(f"a detail caption has {longest} tokens, more than the {STUDENT_CONTEXT} a student reads")
+    members: Dict[int, List[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    group_positions = []
+    for group, indices in members.items():
+        sequences = [ids[i] for i in indices]
+        if len({len(seq) for seq in sequences}) != 1:
+            raise ValueError(f"detail group {group}: captions differ in length")
+        differing = [p for p in range(len(sequences[0])) if len({seq[p] for seq in sequences}) > 1]
+        recorded = {positions[i] for i in indices}
+        if differing != sorted(recorded) or len(recorded) != 1:
+            raise ValueError(f"detail group {group}: captions differ at tokens {differing}, recorded {sorted(recorded)}")
         if len({tuple(seq) for seq in sequences}) != len(sequences):
-            raise ValueError(f"late-detail group {group}: two captions are identical")
-        for other in sequences[1:]:
-            position = next((i for i, (a, b) in enumerate(zip(sequences[0], other)) if a != b),
-                            min(len(sequences[0]), len(other)))
-            first_difference = min(first_difference, position)
-    return {"n_groups": len(members), "first_differing_token_position": first_difference,
+            raise ValueError(f"detail group {group}: two captions are identical")
+        group_positions.append(differing[0])
+    late = sum(p > LAST_TEACHER_POSITION for p in group_positions)
+    return {"n_groups": len(members), "min_position": min(group_positions), "max_position": max(group_positions),
+            "groups_past_teacher_context": late, "groups_inside_teacher_context": len(group_positions) - late,
             "max_tokens": longest}
 
 
-def _check_palette_is_single_tokens() -> None:
-    words = list(COLOUR_NAMES) + sorted({warmth for _, warmth in PALETTE.values()}) + list(COLUMN_ORDINALS)
-    for word, ids in zip(words, _token_ids(words)):
-        if len(ids) != 3:
-            raise ValueError(f"'{word}' is not one CLIP token: captions would differ in length and the 77-token "
-                             f"boundary would move")
-
-
-def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 256, n_test: int = 256,
+def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 256, n_test: int = 512,
                      group_size: int = 8, image_size: int = 32) -> dict:
     """Write all four splits and ``meta.json`` under ``out_dir``; the same arguments give the same files.
 
@@ -229,38 +388,33 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 2
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
-    _check_palette_is_single_tokens()
+    grid = token_grid()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    # one scene stream and one pixel stream per split: a split's content depends only on the seed, its own size
+    # one item stream and one pixel stream per split: a split's content depends only on the seed, its own size
     # and the splits drawn before it (tests, then val, then train), never on the size of a later one
-    scene_streams, pixel_streams = np.random.SeedSequence(seed).spawn(2)
-    scene_rng = dict(zip(SPLIT_FILES, (np.random.default_rng(s) for s in scene_streams.spawn(len(SPLIT_FILES)))))
+    item_streams, pixel_streams = np.random.SeedSequence(seed).spawn(2)
+    item_rng = dict(zip(SPLIT_FILES, (np.random.default_rng(s) for s in item_streams.spawn(len(SPLIT_FILES)))))
     pixel_rng = dict(zip(SPLIT_FILES, (np.random.default_rng(s) for s in pixel_streams.spawn(len(SPLIT_FILES)))))
 
-    late_groups = sample_late_detail_groups(scene_rng["test_late_detail"], n_test // group_size, group_size)
-    late_scenes = [scene for group in late_groups for scene in group]
-    late_group_ids = [g for g, group in enumerate(late_groups) for _ in group]
-    ordinary_scenes = sample_scenes(scene_rng["test_ordinary"], n_test, excluded=set(late_scenes))
-    test_scenes = set(late_scenes) | set(ordinary_scenes)
-    val_scenes = sample_scenes(scene_rng["val"], n_val, excluded=test_scenes)
-    train_scenes = sample_scenes(scene_rng["train"], n_train, excluded=test_scenes | set(val_scenes))
+    detail_groups = sample_detail_groups(item_rng["test_detail"], n_test // group_size, group_size, set())
+    detail_items = [item for group in detail_groups for item in group]
+    ordinary = sample_items(item_rng["test_ordinary"], n_test, excluded={i.scene for i in detail_items})
+    test_scenes = {i.scene for i in detail_items + ordinary}
+    val = sample_items(item_rng["val"], n_val, excluded=test_scenes)
+    train = sample_items(item_rng["train"], n_train, excluded=test_scenes | {i.scene for i in val})
 
-    plan = [
-        ("test_late_detail", late_scenes, late_group_ids),
-        ("test_ordinary", ordinary_scenes, []),
-        ("val", val_scenes, []),
-        ("train", train_scenes, []),
-    ]
     splits = {}
-    late_detail_check = None
-    for split, scenes, groups in tqdm(plan, desc="splits", unit="split"):
-        frame = write_split(out_dir, split, scenes, groups, image_size, pixel_rng[split])
+    detail_check = None
+    for split, items in tqdm([("test_detail", detail_items), ("test_ordinary", ordinary), ("val", val),
+                              ("train", train)], desc="splits", unit="split"):
+        frame = write_split(out_dir, split, items, image_size, pixel_rng[split])
         splits[split] = {"csv": str(out_dir / SPLIT_FILES[split]), "n": len(frame),
                          "tokens": token_length_stats(frame["title"].tolist()),
                          "short_tokens": token_length_stats(frame["short_title"].tolist())}
-        if split == "test_late_detail":
-            late_detail_check = check_late_detail(frame["title"].tolist(), groups)
+        if split == "test_detail":
+            detail_check = check_detail_groups(frame["title"].tolist(), frame["group"].tolist(),
+                                               frame["detail_position"].tolist())
     meta = {
         "generator": "training_ext.synthetic",
         "seed": seed,
@@ -268,11 +422,15 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 2
         "grid": {"rows": list(ROW_NAMES), "columns": N_COLUMNS},
         "colours": list(COLOUR_NAMES),
         "group_size": group_size,
+        "max_fillers": MAX_FILLERS,
+        "token_grid": grid.__dict__,
         "teacher_context": TEACHER_CONTEXT,
+        "last_position_a_77_token_model_sees": LAST_TEACHER_POSITION,
         "student_context": STUDENT_CONTEXT,
-        "csv_columns": {"image": "filepath", "long_caption": "title", "short_caption": "short_title"},
+        "csv_columns": {"image": "filepath", "long_caption": "title", "short_caption": "short_title",
+                        "detail": DETAIL_COLUMNS},
         "splits": splits,
-        "late_detail": late_detail_check,
+        "detail": detail_check,
     }
     write_json(str(out_dir / "meta.json"), meta)
     return meta
@@ -281,17 +439,17 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 2
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training_ext.synthetic",
-        description="Write the synthetic long-caption dataset (2x4 colour-block grids with long captions whose "
-                    "bottom-row details lie after token 77): train/val/test-ordinary/test-late-detail CSVs in "
-                    "open_clip's format, PNG images and meta.json.")
+        description="Write the synthetic long-caption dataset (2x4 colour-block grids; 134-244 token captions; "
+                    "a detail split whose distinguishing colour word sits anywhere from token 29 to 237): "
+                    "train/val/test-ordinary/test-detail CSVs in open_clip's format, PNG images and meta.json.")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed and sizes give the same files")
     parser.add_argument("--n-train", type=int, default=8192, help="training images")
     parser.add_argument("--n-val", type=int, default=256, help="validation images")
-    parser.add_argument("--n-test", type=int, default=256,
-                        help="images in EACH test split (ordinary and late-detail); a multiple of --group-size")
+    parser.add_argument("--n-test", type=int, default=512,
+                        help="images in EACH test split (ordinary and detail); a multiple of --group-size")
     parser.add_argument("--group-size", type=int, default=8,
-                        help="late-detail images per group (same top row, different bottom rows)")
+                        help="detail images per group (same scene and layout, one block's colour differs)")
     parser.add_argument("--image-size", type=int, default=32, help="image side in pixels, a multiple of 8")
     return parser.parse_args(argv)
 
@@ -304,10 +462,12 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    late = meta["late_detail"]
+    detail, tokens = meta["detail"], meta["splits"]["train"]["tokens"]
     print(f"wrote {sum(s['n'] for s in meta['splits'].values())} images to {args.out}; captions are "
-          f"{meta['splits']['train']['tokens']['max']} tokens; late-detail groups first differ at token "
-          f"{late['first_differing_token_position']} (teacher reads {TEACHER_CONTEXT})")
+          f"{tokens['min']}-{tokens['max']} tokens; detail groups differ at one token, positions "
+          f"{detail['min_position']}-{detail['max_position']} ({detail['groups_past_teacher_context']} of "
+          f"{detail['n_groups']} groups past token {LAST_TEACHER_POSITION}, the last a {TEACHER_CONTEXT}-token "
+          f"model reads)")
     return 0
 
 

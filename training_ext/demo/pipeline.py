@@ -1,42 +1,101 @@
-"""The README's first command: TULIP end to end on the embedded synthetic long-caption problem, on CPU.
+"""The README's first command: TULIP against the alternatives on an embedded long-caption problem, on CPU.
 
 No pretrained CLIP and no dataset can be downloaded on a fresh machine, so the demo brings its own problem where
-long captions matter (training_ext.synthetic: colour-block grids whose long captions describe the bottom row only
-after token 77) and runs the whole method on it, each step as the command line a user would type:
+long captions matter (training_ext.synthetic: colour-block grids whose captions run to 244 tokens, with a test
+split whose distinguishing detail sits anywhere from token 43 to 237) and runs each method on it, every step as
+the command line a user would type:
 
   1. data      python -m training_ext.synthetic
   2. teacher   python -m training_ext.main (open_clip_train) trains the 77-token tiny-clip from scratch
-  3. stage 1   python -m training_ext.main_distill_rope distils it into a 248-token RoPE (or CoPE) student
-  4. stage 2   python -m training_ext.main_context_finetune_rope fine-tunes the student CLIP on long captions
-  5. eval      python -m training_ext.eval: teacher vs students on the ordinary and the late-detail test splits
+  3. stage 1   python -m training_ext.main_distill_{rope,cope} distils it into a 248-token student
+  4. stage 2   python -m training_ext.main_context_finetune_rope fine-tunes each variant's 248-token CLIP
+  5. eval      python -m training_ext.eval on the ordinary split and on the detail split, R@1 bucketed by the
+               detail's token position (--bucket-by-column detail_position)
 
-Re-running reuses every finished step (and resumes an interrupted one); --fresh starts over.
-The method works when, on the late-detail split, the student's R@1 is at least twice the teacher's in both
-directions and, on the ordinary split, it stays within a few points of the teacher.
+Every variant starts from the same teacher (one per data seed) and gets the same stage-2 schedule (epochs,
+learning rate, warmup, batch size); the TULIP variants run stage 1 first. --compare picks the variants, --seeds
+the data seeds (each seed: its own data, teacher and runs); the table gives the mean and half the range over
+seeds. Subprocesses run with a fixed thread count and pinned CPU kernels, so a seed gives the same numbers on
+every x86-64 machine with AVX2 and the same library versions.
+
+Re-running reuses every step whose command is unchanged; an interrupted step starts over (a resumed run would
+not reproduce the uninterrupted numbers); --fresh deletes everything first.
 """
 import argparse
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
-LATE, ORDINARY = "late-detail", "ordinary"
-DIRECTIONS = ("image_to_text_R@1", "text_to_image_R@1")
-ORDINARY_TOLERANCE = 5.0  # R@1 points the student may lose on the ordinary split
+from training_ext.common.file_io import atomic_open
+from training_ext.demo import report
+from training_ext.demo.report import DETAIL, DIRECTIONS, LATE, ORDINARY
+
+ORDINARY_TOLERANCE = 5.0  # R@1 points the student may lose against the teacher on the ordinary split
+STEP_RECORD = "demo_step.json"  # written into a step's folder once it has finished: the command it ran
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to get a 248-token CLIP from the 77-token teacher."""
+    key: str
+    label: str            # the row name in the table and the plot
+    model: str            # open_clip config the fine-tuned CLIP is built from
+    distilled: bool       # True: stage 1 first, its student's text tower goes into stage 2
+    recipe: str           # stage-2 loss: "tulip" (CLIP loss + 0.2 x short-caption CLIP loss) or "longclip"
+    # True: stage 2 also gets the epochs stage 1 would have had, so that the variant takes as many optimizer
+    # steps as a TULIP variant (stage-1 steps are text-only and cheaper, so it spends more time)
+    matched_steps: bool = False
+
+    @property
+    def position(self) -> str:
+        return self.model.split("-")[-2]
+
+
+# Long-CLIP's recipe: primary component matching of the short captions with weight 1 and label smoothing 0.1;
+# its model stretches the 77 learned positions to 248 and freezes the first 20 (tiny-clip-longclip-248).
+RECIPES = {
+    "tulip": ["--short-caption-weight", "0.2"],
+    "longclip": ["--short-caption-loss", "pcm", "--short-caption-weight", "1", "--label-smoothing", "0.1"],
+}
+VARIANTS: Dict[str, Variant] = {v.key: v for v in (
+    Variant("tulip-rope", "TULIP RoPE (stage 1 + 2)", "tiny-clip-rope-248", True, "tulip"),
+    Variant("tulip-cope", "TULIP CoPE (stage 1 + 2)", "tiny-clip-cope-248", True, "tulip"),
+    Variant("rope-stage2-only", "RoPE, stage 2 only", "tiny-clip-rope-248", False, "tulip"),
+    Variant("rope-stage2-matched", "RoPE, stage 2 only, TULIP's steps", "tiny-clip-rope-248", False, "tulip",
+            matched_steps=True),
+    Variant("longclip", "Long-CLIP (stretch + PCM)", "tiny-clip-longclip-248", False, "longclip"),
+    Variant("uniform", "uniform interp. + PCM", "tiny-clip-uniform-248", False, "longclip"),
+)}
+# `make demo` answers "does the method work, and does its stage 1 pay off?" in about 15 minutes on 2 idle cores;
+# --compare all adds CoPE and the two position-table stretches.
+DEFAULT_VARIANTS = ("tulip-rope", "rope-stage2-only")
+TEACHER_LABEL = "teacher (tiny-clip, 77 tokens)"
+UNTRAINED_LABEL = "RoPE student, teacher weights, untrained"
+
+
+POSITION_NAMES = {"rope": "RoPE", "cope": "CoPE"}
+
+
+def stage1_label(position: str) -> str:
+    return f"stage-1 {POSITION_NAMES[position]} student"
 
 
 @dataclass
 class DemoPlan:
-    """Sizes and schedules; the defaults fit in ~15 minutes on 2 CPU cores (the reduced test uses smaller)."""
+    """Sizes, schedules and what to compare; the defaults fit in ~15 minutes on 2 idle CPU cores."""
     out: Path
-    position: str = "rope"
-    seed: int = 0
+    variants: Tuple[str, ...] = DEFAULT_VARIANTS
+    seeds: Tuple[int, ...] = (0,)
     n_train: int = 8192
-    n_test: int = 256
+    n_test: int = 512
+    n_val: int = 256
     group_size: int = 8
     batch_size: int = 64
     teacher_epochs: int = 4
@@ -45,128 +104,261 @@ class DemoPlan:
     distill_lr: float = 1e-3
     finetune_epochs: int = 2
     finetune_lr: float = 5e-4
+    warmup: int = 50
     workers: int = 1
+    threads: int = 2
+    # 0: stages 1 and 2 train on the whole training split, like the teacher. N: on its first N rows only, the
+    # situation TULIP is made for (a teacher trained on far more pairs than the long-caption data holds); the
+    # runs and outputs get a suffix, so they sit beside the full-data ones and reuse the same teachers.
+    long_caption_subset: int = 0
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(f"unknown variant(s) {unknown or '(none given)'}; choose from {', '.join(VARIANTS)}")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+        if not 0 <= self.long_caption_subset <= self.n_train:
+            raise ValueError(f"long_caption_subset must be between 0 and n_train ({self.n_train}), "
+                             f"got {self.long_caption_subset}")
 
     @property
-    def student_model(self) -> str:
-        return f"tiny-clip-{self.position}-248"
+    def suffix(self) -> str:
+        """Appended to the names of runs and outputs that train on a subset."""
+        return f"-first{self.long_caption_subset}" if self.long_caption_subset else ""
 
     @property
-    def data_dir(self) -> Path:
-        return self.out / "data"
+    def student_positions(self) -> List[str]:
+        """Positions that need a stage-1 student, in variant order."""
+        return list(dict.fromkeys(VARIANTS[v].position for v in self.variants if VARIANTS[v].distilled))
 
-    @property
-    def logs(self) -> Path:
-        return self.out / "logs"
+    def seed_dir(self, seed: int) -> Path:
+        return self.out / f"seed{seed}"
 
-    def checkpoint(self, run: str, epochs: int) -> Path:
-        return self.logs / run / "checkpoints" / f"epoch_{epochs}.pt"
+    def data_dir(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "data"
 
+    def logs(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "logs"
 
-def _banner(text: str) -> None:
-    print(f"\n=== {text} ===", flush=True)
-
-
-def _run(step: str, args: List[str]) -> None:
-    command = [sys.executable, "-m", *args]
-    print("$ python -m " + " ".join(repr(a) if a == "\t" else a for a in args), flush=True)
-    start = time.perf_counter()
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise SystemExit(f"demo: step '{step}' failed (exit {result.returncode}); its command is printed above")
-    print(f"[{step}] done in {time.perf_counter() - start:.0f}s", flush=True)
+    def checkpoint(self, seed: int, run: str, epochs: int) -> Path:
+        return self.logs(seed) / run / "checkpoints" / f"epoch_{epochs}.pt"
 
 
-def _csv_flags(plan: DemoPlan) -> List[str]:
-    data = plan.data_dir
-    return ["--train-data", str(data / "train.csv"), "--val-data", str(data / "val.csv"), "--dataset-type", "csv",
+# ------------------------------------------------------------------------------------------ running steps
+
+def pinned_environment(threads: int) -> Dict[str, str]:
+    """The subprocesses' environment: what a seed's numbers depend on beyond the seed, fixed.
+
+    Thread counts change the order of floating-point sums (torch's intra-op threads, MKL's); MKL, oneDNN and
+    ATen pick kernels by CPU, so AVX2 and AVX-512 machines (or Intel and AMD ones) would otherwise round
+    differently. MKL_CBWR is MKL's conditional numerical reproducibility switch. A CPU without AVX2 keeps its
+    own kernels (and may give other numbers).
+    """
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0")
+    if _cpu_has_avx2():
+        env.update(MKL_CBWR="AVX2,STRICT", ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    return env
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        import torch
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    except Exception:  # an old torch without get_cpu_capability: leave the kernels alone
+        return False
+
+
+@dataclass
+class StepTime:
+    seed: int
+    step: str
+    wall_s: float
+    cpu_s: float
+    reused: bool
+
+
+@dataclass
+class Runner:
+    """Runs (or reuses) the steps of a plan and keeps their times."""
+    plan: DemoPlan
+    times: List[StepTime] = field(default_factory=list)
+
+    def step(self, seed: int, name: str, argv: List[str], folder: Path, product: Path,
+             stdout_file: Optional[str] = None) -> Path:
+        """Run ``python -m argv`` unless ``folder`` holds ``product`` from the same command; returns ``product``.
+
+        A folder without the record of a finished run with this command is deleted first: open_clip_train
+        refuses an existing run name, and starting over keeps a step's numbers those of an uninterrupted run.
+        """
+        record = {"argv": argv, "threads": self.plan.threads}
+        record_path = folder / STEP_RECORD
+        if product.is_file() and record_path.is_file() and json.loads(record_path.read_text()) == record:
+            print(f"[{name}] reusing {product}", flush=True)
+            self.times.append(StepTime(seed, name, 0.0, 0.0, True))
+            return product
+        if folder.exists():
+            why = "its command changed" if record_path.is_file() else "it did not finish"
+            print(f"[{name}] starting over in {folder} ({why})", flush=True)
+            shutil.rmtree(folder)
+        print("$ python -m " + " ".join(repr(a) if a == "\t" else a for a in argv), flush=True)
+        wall, cpu = time.perf_counter(), _children_cpu_seconds()
+        stdout = None
+        if stdout_file:
+            folder.mkdir(parents=True, exist_ok=True)
+            stdout = open(folder / stdout_file, "w", encoding="utf-8")
+        try:
+            result = subprocess.run([sys.executable, "-m", *argv], env=pinned_environment(self.plan.threads),
+                                    stdout=stdout)
+        finally:
+            if stdout is not None:
+                stdout.close()
+        if result.returncode != 0 or not product.is_file():
+            raise SystemExit(f"demo: step '{name}' failed (exit {result.returncode}); its command is printed above")
+        record_path.write_text(json.dumps(record, indent=1) + "\n")
+        elapsed = StepTime(seed, name, time.perf_counter() - wall, _children_cpu_seconds() - cpu, False)
+        self.times.append(elapsed)
+        print(f"[{name}] done in {elapsed.wall_s:.0f}s ({elapsed.cpu_s:.0f} CPU-s)", flush=True)
+        return product
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _train_flags(plan: DemoPlan, seed: int, long_captions: bool = True) -> List[str]:
+    """open_clip_train's data and run flags; ``long_captions``: a stage-1/2 run (the subset, if any)."""
+    data = plan.data_dir(seed)
+    train = data / "train.csv"
+    if long_captions and plan.long_caption_subset:
+        train = data / f"train{plan.suffix}.csv"
+    return ["--train-data", str(train), "--val-data", str(data / "val.csv"), "--dataset-type", "csv",
             "--csv-separator", "\t", "--csv-img-key", "filepath", "--csv-caption-key", "title",
             "--batch-size", str(plan.batch_size), "--workers", str(plan.workers), "--precision", "fp32",
-            "--device", "cpu", "--seed", str(plan.seed), "--logs", str(plan.logs), "--save-frequency", "1",
-            "--resume", "latest", "--wd", "0.2", "--report-to", "tensorboard"]
+            "--device", "cpu", "--seed", str(seed), "--logs", str(plan.logs(seed)), "--save-frequency", "1",
+            "--wd", "0.2", "--report-to", "tensorboard"]
 
 
-def make_data(plan: DemoPlan) -> None:
-    meta = plan.data_dir / "meta.json"
-    wanted = {"seed": plan.seed, "n_train": plan.n_train, "n_test": plan.n_test, "group_size": plan.group_size}
-    if meta.is_file():
-        saved = json.loads(meta.read_text())
-        sizes = {"seed": saved.get("seed"), "n_train": saved["splits"]["train"]["n"],
-                 "n_test": saved["splits"]["test_ordinary"]["n"], "group_size": saved.get("group_size")}
-        if sizes == wanted:
-            print(f"[data] reusing {plan.data_dir}")
-            return
-        shutil.rmtree(plan.data_dir)
-    _run("data", ["training_ext.synthetic", "--out", str(plan.data_dir), "--seed", str(plan.seed),
-                  "--n-train", str(plan.n_train), "--n-test", str(plan.n_test), "--n-val", str(plan.n_test),
-                  "--group-size", str(plan.group_size)])
+def make_data(runner: Runner, seed: int) -> Path:
+    plan = runner.plan
+    argv = ["training_ext.synthetic", "--out", str(plan.data_dir(seed)), "--seed", str(seed),
+            "--n-train", str(plan.n_train), "--n-test", str(plan.n_test), "--n-val", str(plan.n_val),
+            "--group-size", str(plan.group_size)]
+    meta = runner.step(seed, "data", argv, plan.data_dir(seed), plan.data_dir(seed) / "meta.json")
+    if plan.long_caption_subset:
+        write_subset(plan.data_dir(seed) / "train.csv", plan.data_dir(seed) / f"train{plan.suffix}.csv",
+                     plan.long_caption_subset)
+    return meta
 
 
-def train_teacher(plan: DemoPlan) -> Path:
-    final = plan.checkpoint("teacher", plan.teacher_epochs)
-    if final.is_file():
-        print(f"[teacher] reusing {final}")
-        return final
-    _run("teacher", ["training_ext.main", "--model", "tiny-clip", "--name", "teacher", *_csv_flags(plan),
-                     "--epochs", str(plan.teacher_epochs), "--lr", str(plan.teacher_lr), "--warmup", "100"])
-    return final
+def write_subset(source: Path, target: Path, rows: int) -> None:
+    """The header and the first ``rows`` rows of a CSV (the generator writes one line per row, scenes in random
+    order, so the first rows are a random sample)."""
+    with open(source, encoding="utf-8") as handle:
+        lines = [line for _, line in zip(range(rows + 1), handle)]
+    text = "".join(lines)
+    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+        with atomic_open(str(target), "w", encoding="utf-8") as handle:
+            handle.write(text)
 
 
-def distill(plan: DemoPlan, teacher: Path) -> Path:
-    run = f"stage1-{plan.position}"
-    final = plan.checkpoint(run, plan.distill_epochs)
-    if final.is_file():
-        print(f"[stage 1] reusing {final}")
-        return final
-    _run("stage 1", ["training_ext.main_distill_rope", "--model", plan.student_model, "--pretrained", str(teacher),
-                     "--teacher-model", "tiny-clip", "--teacher-pretrained", str(teacher), "--distill-loss", "cosine",
-                     "--name", run, *_csv_flags(plan), "--csv-short-caption-key", "short_title",
-                     "--epochs", str(plan.distill_epochs), "--lr", str(plan.distill_lr), "--warmup", "50"])
-    return final
+def train_teacher(runner: Runner, seed: int) -> Path:
+    plan = runner.plan
+    argv = ["training_ext.main", "--model", "tiny-clip", "--name", "teacher", *_train_flags(plan, seed, False),
+            "--epochs", str(plan.teacher_epochs), "--lr", str(plan.teacher_lr), "--warmup", "100"]
+    return runner.step(seed, "teacher", argv, plan.logs(seed) / "teacher",
+                       plan.checkpoint(seed, "teacher", plan.teacher_epochs))
 
 
-def finetune(plan: DemoPlan, teacher: Path, student: Path) -> Path:
-    run = f"stage2-{plan.position}"
-    final = plan.checkpoint(run, plan.finetune_epochs)
-    if final.is_file():
-        print(f"[stage 2] reusing {final}")
-        return final
-    _run("stage 2", ["training_ext.main_context_finetune_rope", "--model", plan.student_model,
-                     "--pretrained", str(teacher), "--student-checkpoint", str(student),
-                     "--short-caption-weight", "0.2", "--name", run, *_csv_flags(plan),
-                     "--csv-short-caption-key", "short_title",
-                     "--epochs", str(plan.finetune_epochs), "--lr", str(plan.finetune_lr), "--warmup", "50"])
-    return final
+def distill(runner: Runner, seed: int, position: str, teacher: Path) -> Path:
+    plan, run = runner.plan, f"stage1-{position}{runner.plan.suffix}"
+    argv = [f"training_ext.main_distill_{position}", "--model", f"tiny-clip-{position}-248",
+            "--pretrained", str(teacher), "--teacher-model", "tiny-clip", "--teacher-pretrained", str(teacher),
+            "--distill-loss", "cosine", "--name", run, *_train_flags(plan, seed),
+            "--csv-short-caption-key", "short_title", "--epochs", str(plan.distill_epochs),
+            "--lr", str(plan.distill_lr), "--warmup", str(plan.warmup)]
+    return runner.step(seed, f"stage 1 {position}", argv, plan.logs(seed) / run,
+                       plan.checkpoint(seed, run, plan.distill_epochs))
 
 
-def evaluate(plan: DemoPlan, models: List[str]) -> Path:
-    out = plan.out / f"eval-{plan.position}"
-    data = plan.data_dir
-    model_flags = [flag for spec in models for flag in ("--model", spec)]
-    _run("eval", ["training_ext.eval", *model_flags, "--csv", f"{ORDINARY}={data / 'test_ordinary.csv'}",
-                  "--csv", f"{LATE}={data / 'test_late_detail.csv'}", "--output-dir", str(out),
-                  "--workers", str(plan.workers), "--device", "cpu", "--no-progress"])
-    return out / "results.json"
+def finetune(runner: Runner, seed: int, variant: Variant, teacher: Path, student: Optional[Path]) -> Path:
+    """Stage 2 of one variant: the same schedule for every variant (a matched-steps variant's is longer by
+    stage 1's epochs), only the model, its initial text tower and the recipe's short-caption loss differ."""
+    plan, run = runner.plan, f"stage2-{variant.key}{runner.plan.suffix}"
+    epochs = plan.finetune_epochs + (plan.distill_epochs if variant.matched_steps else 0)
+    init = ["--student-checkpoint", str(student)] if student is not None else []
+    argv = ["training_ext.main_context_finetune_rope", "--model", variant.model, "--pretrained", str(teacher),
+            *init, *RECIPES[variant.recipe], "--name", run, *_train_flags(plan, seed),
+            "--csv-short-caption-key", "short_title", "--epochs", str(epochs),
+            "--lr", str(plan.finetune_lr), "--warmup", str(plan.warmup)]
+    return runner.step(seed, f"stage 2 {variant.key}", argv, plan.logs(seed) / run, plan.checkpoint(seed, run, epochs))
 
 
-def recall(results: dict, model: str, benchmark: str) -> dict:
-    for row in results["results"]:
-        if row["model"] == model and row["benchmark"] == benchmark:
-            return {d: row["metrics"][d] for d in DIRECTIONS}
-    raise KeyError(f"no result for {model} on {benchmark}")
+def evaluate(runner: Runner, seed: int, models: Dict[str, str]) -> Dict[str, dict]:
+    """Two evaluation runs (eval buckets every CSV benchmark by the column, and only the detail split has it):
+    the ordinary split, and the detail split bucketed by the detail's token position."""
+    plan, data = runner.plan, runner.plan.data_dir(seed)
+    model_flags = [flag for spec in models.values() for flag in ("--model", spec)]
+    common = [*model_flags, "--workers", str(plan.workers), "--device", "cpu", "--no-progress",
+              "--length-buckets", report.LENGTH_EDGES]
+    results = {}
+    for split, extra in ((ORDINARY, []),
+                         (DETAIL, ["--bucket-by-column", "detail_position",
+                                   "--bucket-column-edges", ",".join(map(str, report.DETAIL_EDGES))])):
+        folder = plan.seed_dir(seed) / f"eval-{split}{plan.suffix}"
+        csv = data / ("test_ordinary.csv" if split == ORDINARY else "test_detail.csv")
+        argv = ["training_ext.eval", *common, "--csv", f"{split}={csv}", *extra, "--output-dir", str(folder)]
+        path = runner.step(seed, f"eval {split}", argv, folder, folder / "results.json", stdout_file="eval.txt")
+        results[split] = json.loads(path.read_text())
+    return results
 
 
-def verdict(results: dict, teacher: str, student: str) -> List[str]:
-    """The demo's claims, checked on the numbers; returns the failures (empty when the method works)."""
+def run_seed(runner: Runner, seed: int) -> dict:
+    """Every step for one data seed; returns {label: {split: metrics}} and the model specs."""
+    plan = runner.plan
+    report.banner(f"seed {seed}: 1/5 synthetic long-caption data")
+    make_data(runner, seed)
+    report.banner(f"seed {seed}: 2/5 teacher: tiny-clip, 77 tokens, trained from scratch with open_clip_train")
+    teacher = train_teacher(runner, seed)
+    models = {TEACHER_LABEL: f"tiny-clip:{teacher}"}
+    if any(not VARIANTS[key].distilled and VARIANTS[key].position == "rope" for key in plan.variants):
+        # where stage 2 starts without stage 1: the teacher's weights in a RoPE tower (its learned positions
+        # dropped), against the stage-1 student below, shows what distillation hands over
+        models[UNTRAINED_LABEL] = f"tiny-clip-rope-248:{teacher}"
+    students = {}
+    report.banner(f"seed {seed}: 3/5 stage 1: distil the teacher into "
+                  + (", ".join(f"tiny-clip-{p}-248" for p in plan.student_positions) or "(no distilled variant)"))
+    for position in plan.student_positions:
+        students[position] = distill(runner, seed, position, teacher)
+        models[stage1_label(position)] = f"tiny-clip-{position}-248:{students[position]}"
+    report.banner(f"seed {seed}: 4/5 stage 2: fine-tune every variant on long captions, same schedule")
+    for key in plan.variants:
+        variant = VARIANTS[key]
+        final = finetune(runner, seed, variant, teacher, students.get(variant.position) if variant.distilled else None)
+        models[variant.label] = f"{variant.model}:{final}"
+    report.banner(f"seed {seed}: 5/5 evaluation: ordinary split, detail split by the detail's token position")
+    results = evaluate(runner, seed, models)
+    return {"seed": seed, "models": models, "metrics": report.metrics_by_model(results, models)}
+
+
+def verdict(metrics: Dict[str, dict], student: str) -> List[str]:
+    """The demo's claim, checked on one seed's numbers; returns the failures (empty when the method works):
+    on details past token 75 the student's R@1 is at least twice the teacher's (and above 0) both ways, and on
+    the ordinary split it stays within ORDINARY_TOLERANCE points of the teacher."""
     failures = []
+    teacher, model = metrics[TEACHER_LABEL], metrics[student]
     for direction in DIRECTIONS:
-        late_t, late_s = recall(results, teacher, LATE)[direction], recall(results, student, LATE)[direction]
+        late_t, late_s = teacher[LATE][direction], model[LATE][direction]
         if not late_s >= 2 * late_t or late_s == 0:
-            failures.append(f"late-detail {direction}: student {late_s:.1f} is not at least twice teacher {late_t:.1f}")
-        ord_t, ord_s = recall(results, teacher, ORDINARY)[direction], recall(results, student, ORDINARY)[direction]
+            failures.append(f"{LATE} {direction}: {student} {late_s:.1f} is not at least twice the teacher's "
+                            f"{late_t:.1f}")
+        ord_t, ord_s = teacher[ORDINARY][direction], model[ORDINARY][direction]
         if ord_s < ord_t - ORDINARY_TOLERANCE:
-            failures.append(f"ordinary {direction}: student {ord_s:.1f} is more than {ORDINARY_TOLERANCE:g} "
-                            f"points below teacher {ord_t:.1f}")
+            failures.append(f"{ORDINARY} {direction}: {student} {ord_s:.1f} is more than {ORDINARY_TOLERANCE:g} "
+                            f"points below the teacher's {ord_t:.1f}")
     return failures
 
 
@@ -175,48 +367,78 @@ def run_demo(plan: DemoPlan, fresh: bool = False) -> dict:
         shutil.rmtree(plan.out)
     plan.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    _banner("1/5 synthetic long-caption data")
-    make_data(plan)
-    _banner("2/5 teacher: tiny-clip, 77 tokens, trained from scratch with open_clip_train")
-    teacher = train_teacher(plan)
-    _banner(f"3/5 stage 1: distil the teacher into {plan.student_model}")
-    stage1 = distill(plan, teacher)
-    _banner(f"4/5 stage 2: fine-tune {plan.student_model} on long captions")
-    stage2 = finetune(plan, teacher, stage1)
-    _banner("5/5 evaluation: teacher vs students, ordinary and late-detail splits")
-    teacher_spec = f"tiny-clip:{teacher}"
-    student_spec = f"{plan.student_model}:{stage2}"
-    results_path = evaluate(plan, [teacher_spec, f"{plan.student_model}:{stage1}", student_spec])
-    results = json.loads(results_path.read_text())
-    failures = verdict(results, teacher_spec, student_spec)
-    print(f"\nplot: {results_path.parent / 'recall_by_length.png'}   table: {results_path.parent / 'results.md'}")
+    runner = Runner(plan)
+    per_seed = [run_seed(runner, seed) for seed in plan.seeds]
+    labels = list(per_seed[0]["metrics"])
+    summary = report.summarise(per_seed, labels)
+    student = VARIANTS[plan.variants[0]].label
+    failures = [f"seed {run['seed']}: {failure}" for run in per_seed for failure in verdict(run["metrics"], student)]
+    table = report.table(summary, labels, len(plan.seeds))
+    methods = [TEACHER_LABEL] + [VARIANTS[key].label for key in plan.variants]  # the plot leaves out the steps
+    plot = report.plot_detail_position(per_seed, methods, plan.out / f"recall_by_detail_position{plan.suffix}.png")
+    outcome = {"plan": {**asdict(plan), "out": str(plan.out)}, "per_seed": per_seed, "summary": summary,
+               "timings": [asdict(t) for t in runner.times], "failures": failures, "student": student}
+    (plan.out / f"comparison{plan.suffix}.json").write_text(json.dumps(outcome, indent=1, default=str) + "\n")
+    (plan.out / f"comparison{plan.suffix}.md").write_text(table + "\n")
+    report.banner("result")
+    print(table)
+    print(report.timing_table(runner.times))
+    print(f"\nplot: {plot}\ntable: {plan.out / f'comparison{plan.suffix}.md'}   "
+          f"numbers: {plan.out / f'comparison{plan.suffix}.json'}")
     print(f"demo finished in {time.perf_counter() - started:.0f}s")
     if failures:
         print("the student did NOT show the method working:\n  " + "\n  ".join(failures))
     else:
-        print(f"the {plan.position.upper()} student reads what the 77-token teacher cannot: late-detail R@1 at least "
-              f"2x the teacher's in both directions, ordinary R@1 within {ORDINARY_TOLERANCE:g} points")
-    return {"results": results, "failures": failures, "teacher": teacher_spec, "student": student_spec}
+        print(f"{student} reads what the 77-token teacher cannot: R@1 on details past token "
+              f"{report.LAST_TEACHER_POSITION} at least 2x the teacher's in both directions, ordinary R@1 within "
+              f"{ORDINARY_TOLERANCE:g} points")
+    return outcome
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+def _int_list(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _variant_list(text: str) -> Tuple[str, ...]:
+    if text == "default":
+        return DEFAULT_VARIANTS
+    if text == "all":
+        return tuple(VARIANTS)
+    chosen = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [x for x in chosen if x not in VARIANTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {unknown}; choose from default, all or a "
+                                         f"comma-separated list of {', '.join(VARIANTS)}")
+    return chosen
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training_ext.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = DemoPlan(out=Path("demo_out"))
+    variants = "; ".join(f"{v.key}: {v.label}" for v in VARIANTS.values())
     parser.add_argument("--out", type=Path, default=defaults.out, help="working folder (default: demo_out)")
-    parser.add_argument("--position", choices=("rope", "cope"), default=defaults.position,
-                        help="the student's relative positions")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--compare", type=_variant_list, default=defaults.variants, dest="variants",
+                        metavar="VARIANTS",
+                        help=f"'default' ({', '.join(DEFAULT_VARIANTS)}), 'all', or a comma-separated list; the first "
+                             f"is the one the demo's claim is checked on. Variants: {variants}")
+    parser.add_argument("--seeds", type=_int_list, default=defaults.seeds,
+                        help="comma-separated data seeds, e.g. 0,1 (each: its own data, teacher and runs)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first instead of reusing what is built")
-    for field in ("n_train", "n_test", "group_size", "batch_size", "teacher_epochs", "distill_epochs",
-                  "finetune_epochs", "workers"):
-        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
-    for field in ("teacher_lr", "distill_lr", "finetune_lr"):
-        parser.add_argument(f"--{field.replace('_', '-')}", type=float, default=getattr(defaults, field))
+    for name in ("n_train", "n_test", "n_val", "group_size", "batch_size", "teacher_epochs", "distill_epochs",
+                 "finetune_epochs", "warmup", "workers", "threads", "long_caption_subset"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("teacher_lr", "distill_lr", "finetune_lr"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = vars(build_parser().parse_args(argv))
     fresh = args.pop("fresh")
     outcome = run_demo(DemoPlan(**args), fresh=fresh)
