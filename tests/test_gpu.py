@@ -120,3 +120,24 @@ def test_fp16_amp_scaler_state_survives_resume(tmp_path):
         torch.testing.assert_close(value, uninterrupted.model.state_dict()[key], atol=1e-6, rtol=1e-5,
                                    msg=lambda m: f"{key}: {m}")
     assert math.isfinite(resumed.scaler.get_scale())
+
+
+@pytest.mark.parametrize("impl,atol", [("function", 1e-4), ("torch", 1e-5)])
+def test_compiled_cope_tower_matches_eager_on_gpu(impl, atol):
+    """Compiled CoPE used to gather outside its table on a GPU (device-side asserts, then a CUDA error). Compiled
+    runs the PyTorch custom op; eager "function" runs the Triton kernels (hence the looser fp32 bound, as in
+    tests/open_clip_ext/test_cope_triton.py), eager "torch" the same PyTorch code."""
+    from support.naive_towers import randomize_
+    from support.tower_grads import features_and_grads
+
+    torch._dynamo.reset()
+    text = randomize_(open_clip.create_model("tiny-clip-cope-248"), scale=0.3).to(CUDA).text
+    text.set_cope_impl(impl)
+    ids = open_clip.get_tokenizer("tiny-clip-cope-248")(_captions()).to(CUDA)
+    eager, eager_grads = features_and_grads(text, ids)
+    compiled, compiled_grads = features_and_grads(torch.compile(text, fullgraph=True), ids)
+    compiled_grads = {name.removeprefix("_orig_mod."): grad for name, grad in compiled_grads.items()}
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=atol)
+    assert compiled_grads.keys() == eager_grads.keys()
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=0, atol=atol, msg=name)

@@ -7,5 +7,5 @@ def features_and_grads(text_tower, ids, weight=0.1):
     [-weight, weight]; a small ``weight`` keeps gradients of order 1 (repeated tokens sum into one embedding)."""
     text_tower.zero_grad(set_to_none=True)
     out = text_tower(ids)
-    (out * torch.linspace(-weight, weight, out.numel()).view_as(out)).sum().backward()
+    (out * torch.linspace(-weight, weight, out.numel(), device=out.device).view_as(out)).sum().backward()
     return out.detach(), {n: p.grad.clone() for n, p in text_tower.named_parameters() if p.grad is not None}
