@@ -72,7 +72,7 @@ class CoPE(nn.Module):
         floor = positions.floor()
         weight_ceil = positions - floor
         logits_at_int = torch.matmul(query, self.pos_emb.to(query.dtype))  # (B, H, L, npos_max)
-        # Indices are clamped once more after rounding so that no input can read outside the table.
-        logits_floor = logits_at_int.gather(-1, floor.long().clamp(0, self.npos_max - 1))
-        logits_ceil = logits_at_int.gather(-1, positions.ceil().long().clamp(0, self.npos_max - 1))
+        # clamp_positions_ leaves finite values in [0, npos_max - 1], so floor and ceil index inside the table.
+        logits_floor = logits_at_int.gather(-1, floor.long())
+        logits_ceil = logits_at_int.gather(-1, positions.ceil().long())
         return logits_floor + weight_ceil * (logits_ceil - logits_floor)
