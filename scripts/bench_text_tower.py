@@ -40,6 +40,7 @@ import contextlib
 import copy
 import statistics
 import time
+from typing import Optional
 
 import open_clip
 import torch
@@ -87,9 +88,8 @@ def matmul_flops(base: str, context_length: int, batch_size: int, cope: bool) ->
 
 
 def full_length_batch(batch_size: int, context_length: int) -> torch.Tensor:
-    ids = torch.randint(1, 49000, (batch_size, context_length))
-    ids[:, -1] = open_clip_ext.EOT_TOKEN_ID
-    return ids
+    """(B, context) ids, EOT in the last column of every row (torch's global generator)."""
+    return mixed_length_ids(torch.full((batch_size,), context_length), context_length)
 
 
 def saved_activation_bytes(tower, ids, autocast) -> int:
@@ -269,7 +269,8 @@ def mixed_lengths(count: int, context_length: int, generator: torch.Generator) -
     return lengths.clamp(min(60, context_length), context_length)
 
 
-def mixed_length_ids(lengths: torch.Tensor, context_length: int, generator: torch.Generator) -> torch.Tensor:
+def mixed_length_ids(lengths: torch.Tensor, context_length: int,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(N, context) token ids, zero-padded, EOT at position length - 1 of each row."""
     ids = torch.randint(1, 49000, (len(lengths), context_length), generator=generator)
     columns = torch.arange(context_length)
