@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from training_ext.common.file_io import atomic_open
+from training_ext.common.file_io import atomic_open, write_json
 from training_ext.demo import report
 from training_ext.demo.report import DETAIL, DIRECTIONS, LATE, ORDINARY
 
@@ -217,7 +217,7 @@ class Runner:
                 stdout.close()
         if result.returncode != 0 or not product.is_file():
             raise SystemExit(f"demo: step '{name}' failed (exit {result.returncode}); its command is printed above")
-        record_path.write_text(json.dumps(record, indent=1) + "\n")
+        write_json(str(record_path), record)
         elapsed = StepTime(seed, name, time.perf_counter() - wall, _children_cpu_seconds() - cpu, False)
         self.times.append(elapsed)
         print(f"[{name}] done in {elapsed.wall_s:.0f}s ({elapsed.cpu_s:.0f} CPU-s)", flush=True)
@@ -378,8 +378,10 @@ def run_demo(plan: DemoPlan, fresh: bool = False) -> dict:
     plot = report.plot_detail_position(per_seed, methods, plan.out / f"recall_by_detail_position{plan.suffix}.png")
     outcome = {"plan": {**asdict(plan), "out": str(plan.out)}, "per_seed": per_seed, "summary": summary,
                "timings": [asdict(t) for t in runner.times], "failures": failures, "student": student}
-    (plan.out / f"comparison{plan.suffix}.json").write_text(json.dumps(outcome, indent=1, default=str) + "\n")
-    (plan.out / f"comparison{plan.suffix}.md").write_text(table + "\n")
+    with atomic_open(str(plan.out / f"comparison{plan.suffix}.json"), "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(outcome, indent=1, default=str) + "\n")
+    with atomic_open(str(plan.out / f"comparison{plan.suffix}.md"), "w", encoding="utf-8") as handle:
+        handle.write(table + "\n")
     report.banner("result")
     print(table)
     print(report.timing_table(runner.times))
