@@ -172,22 +172,19 @@ def render_scene(scene: Scene, image_size: int, rng: np.random.Generator) -> Ima
 
 # ------------------------------------------------------------------------------------------ token arithmetic
 
-@functools.lru_cache(maxsize=1)
-def _clip_tokenizer():
-    """open_clip's BPE tokenizer (loading its merges takes a moment, so it is built once)."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
-
-
 def _token_ids(captions: Iterable[str]) -> List[List[int]]:
     """Untruncated ids as open_clip's tokenizer builds them: start token, the caption's BPE tokens, end token."""
-    tokenizer = _clip_tokenizer()
+    from training_ext.eval.length_buckets import count_tokenizer  # deferred: torch and open_clip
+
+    tokenizer = count_tokenizer()
     return [[tokenizer.sot_token_id] + tokenizer.encode(text) + [tokenizer.eot_token_id] for text in captions]
 
 
 def _n_tokens(text: str) -> int:
-    return len(_clip_tokenizer().encode(text))
+    """BPE tokens of a caption fragment, without the start and end tokens."""
+    from training_ext.eval.length_buckets import SPECIAL_TOKENS, caption_token_count  # deferred, as above
+
+    return caption_token_count(text) - SPECIAL_TOKENS
 
 
 @dataclass(frozen=True)

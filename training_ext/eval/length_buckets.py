@@ -14,21 +14,22 @@ SPECIAL_TOKENS = 2  # <start_of_text> and <end_of_text>
 
 
 @lru_cache(maxsize=1)
-def _count_tokenizer():
+def count_tokenizer():
+    """The SimpleTokenizer every caption length is counted with (built once: loading its merges takes a moment)."""
     from open_clip import SimpleTokenizer
     return SimpleTokenizer()
 
 
 def caption_token_count(caption: str) -> int:
     """Untruncated token count of one caption, start and end tokens included."""
-    return len(_count_tokenizer().encode(caption)) + SPECIAL_TOKENS
+    return len(count_tokenizer().encode(caption)) + SPECIAL_TOKENS
 
 
 def tokenizes_like_counter(tokenizer) -> bool:
     """True when `tokenizer` is a SimpleTokenizer whose ids are the counting tokenizer's, cut to its context:
     then one BPE pass gives both the model input and the length (tokenizing is the slow part on CPU)."""
     from open_clip import SimpleTokenizer
-    reference = _count_tokenizer()
+    reference = count_tokenizer()
     return (isinstance(tokenizer, SimpleTokenizer) and tokenizer.reduction_fn is None
             and tokenizer.clean_fn is reference.clean_fn and tokenizer.encoder == reference.encoder)
 

@@ -48,8 +48,8 @@ def split_sentences(caption: str) -> List[str]:
 
 
 def _cut(caption: str, tokens: int) -> str:
-    from training_ext.eval.length_buckets import _count_tokenizer  # deferred: open_clip
-    tokenizer = _count_tokenizer()
+    from training_ext.eval.length_buckets import count_tokenizer  # deferred: open_clip
+    tokenizer = count_tokenizer()
     ids = tokenizer.encode(caption)
     if len(ids) + SPECIAL_TOKENS <= tokens:
         return caption
