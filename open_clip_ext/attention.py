@@ -106,24 +106,12 @@ class RelPosAttention(nn.Module):
             if query_rows is None:
                 out = F.scaled_dot_product_attention(rotary(q), k, v, is_causal=True)
             else:
-                out = F.scaled_dot_product_attention(_rotate_at_rows(rotary, q, query_rows, x.shape[1]), k, v,
+                out = F.scaled_dot_product_attention(rotary(q, x.shape[1], positions=query_rows), k, v,
                                                      attn_mask=~future)
         else:
             out = self._cope_attention(q, k, v, None if query_rows is None else future)
         out = self.out_proj(out.transpose(1, 2).flatten(2))
         return out if query_rows is None else out.squeeze(1)
-
-
-def _rotate_at_rows(rotary: RotaryEmbedding, q: torch.Tensor, rows: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Rotate q (B, H, 1, d) by the position ``rows[b]`` of each sequence.
-
-    ``RotaryEmbedding`` rotates by index along the sequence axis, so each query is placed at its row of a zero
-    (B, H, L, d) tensor, rotated there and read back: one elementwise pass, no second copy of RoPE's tables.
-    """
-    batch = torch.arange(q.shape[0], device=q.device)
-    placed = q.new_zeros(q.shape[0], q.shape[1], seq_len, q.shape[3])
-    placed[batch, :, rows] = q[:, :, 0]
-    return rotary(placed)[batch, :, rows].unsqueeze(2)
 
 
 class RelPosResidualBlock(nn.Module):

@@ -53,8 +53,14 @@ class RotaryEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_positions={self.max_positions}, theta={self.theta:g}"
 
-    def forward(self, x: torch.Tensor, seq_len: Optional[int] = None) -> torch.Tensor:
-        """Rotate x of shape (..., L, head_dim): pair (x[2i], x[2i+1]) times exp(1j * position * freq_i)."""
+    def forward(self, x: torch.Tensor, seq_len: Optional[int] = None,
+                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rotate x of shape (..., L, head_dim): pair (x[2i], x[2i+1]) times exp(1j * position * freq_i).
+
+        Positions are 0..L-1 along the sequence axis; or, with ``positions`` (B,) int64 and x (B, H, 1,
+        head_dim), each sequence's one row is rotated by its own position (``seq_len`` is then the sequence
+        length those positions lie in, for the length check).
+        """
         seq_len = x.shape[-2] if seq_len is None else seq_len
         if seq_len > self.max_positions:
             raise ValueError(
@@ -64,6 +70,8 @@ class RotaryEmbedding(nn.Module):
         if cos.dtype not in (torch.float32, torch.float64):
             # model.to(bfloat16) casts buffers too; angles of late positions need full precision.
             cos, sin = self._tables(seq_len, x.device)
+        if positions is not None:
+            cos, sin = cos[positions][:, None, None], sin[positions][:, None, None]  # (B, 1, 1, head_dim / 2)
         # Rotate in (at least) float32 and cast back, as TULIP does, so bf16 runs see the same rotation.
         # One complex multiply per pair is ~3x faster (forward+backward) than the real-valued pair swap.
         compute = torch.promote_types(x.dtype, torch.float32)

@@ -54,3 +54,14 @@ def test_pooled_last_block_under_gradient_checkpointing_and_with_token_outputs()
     features, tokens = text(ids)
     assert tokens.shape == (4, 120, 64)
     torch.testing.assert_close(features, full, rtol=0, atol=1e-5)
+
+
+def test_rotary_at_given_positions_equals_the_full_rotation_read_at_those_rows():
+    from open_clip_ext.rope import RotaryEmbedding
+
+    rotary = RotaryEmbedding(16, 40)
+    full = torch.randn(3, 2, 40, 16)
+    rows = torch.tensor([5, 39, 0])
+    batch = torch.arange(3)
+    expected = rotary(full)[batch, :, rows].unsqueeze(2)
+    assert torch.equal(rotary(full[batch, :, rows].unsqueeze(2), 40, positions=rows), expected)
