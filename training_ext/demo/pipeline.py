@@ -15,8 +15,9 @@ the command line a user would type:
 Every variant starts from the same teacher (one per data seed) and gets the same stage-2 schedule (epochs,
 learning rate, warmup, batch size); the TULIP variants run stage 1 first. --compare picks the variants, --seeds
 the data seeds (each seed: its own data, teacher and runs); the table gives the mean and half the range over
-seeds. Subprocesses run with a fixed thread count and pinned CPU kernels, so a seed gives the same numbers on
-every x86-64 machine with AVX2 and the same library versions.
+seeds. Subprocesses run with a fixed thread count and CPU kernels pinned to AVX2, so that a seed gives the same
+numbers on x86-64 machines with AVX2 and the same library versions (checked on one machine, bit for bit; not yet
+across CPU families).
 
 Re-running reuses every step whose command is unchanged; an interrupted step starts over (a resumed run would
 not reproduce the uninterrupted numbers); --fresh deletes everything first.
@@ -432,11 +433,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=_int_list, default=defaults.seeds,
                         help="comma-separated data seeds, e.g. 0,1 (each: its own data, teacher and runs)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first instead of reusing what is built")
-    for name in ("n_train", "n_test", "n_val", "group_size", "batch_size", "teacher_epochs", "distill_epochs",
-                 "finetune_epochs", "warmup", "workers", "threads", "long_caption_subset"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("teacher_lr", "distill_lr", "finetune_lr"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    sizes = {"n_train": "training pairs per seed", "n_test": "images in each test split",
+             "n_val": "validation pairs", "group_size": "captions per detail group",
+             "batch_size": "batch size of every training run", "teacher_epochs": "epochs of the 77-token teacher",
+             "distill_epochs": "stage-1 epochs", "finetune_epochs": "stage-2 epochs",
+             "warmup": "warmup steps of stages 1 and 2", "workers": "data-loader workers per run",
+             "threads": "CPU threads per step (part of what a seed's numbers depend on)",
+             "long_caption_subset": "N > 0: stages 1 and 2 train on the first N training pairs only (the "
+                                    "teacher on all); its runs and outputs get the suffix -firstN",
+             "teacher_lr": "teacher learning rate", "distill_lr": "stage-1 learning rate",
+             "finetune_lr": "stage-2 learning rate"}
+    for name, meaning in sizes.items():
+        default = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
+                            help=f"{meaning} (default: {default})")
     return parser
 
 
