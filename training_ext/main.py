@@ -17,8 +17,8 @@ from open_clip_train.params import parse_args
 PROG = "python -m training_ext.main"
 DESCRIPTION = ("open_clip_train's main with open_clip_ext's configs registered (tiny-clip, <base>-rope-248, "
                "<base>-cope-248, <base>-longclip-248, ...); every flag is open_clip_train's, with its meaning. "
-               "CSVs are read by this project's reader (fields never quoted; relative image paths from "
-               "--csv-image-root DIR, else from the CSV's folder).")
+               "CSVs are read by this project's reader (standard CSV quoting as pandas reads it; relative image "
+               "paths from --csv-image-root DIR, else from the CSV's folder).")
 
 
 def main(argv=None):

@@ -1,29 +1,53 @@
 """The one reader of open_clip caption CSVs: training (both stages and ``training_ext.main``), evaluation (``--csv``,
 Long-DCI), teacher-cache precompute and data preparation all read a CSV through ``read_csv_table``.
 
-Quoting rule: a row is one line; fields are separated by the separator (a tab unless ``--csv-separator`` says
-otherwise) and are never quoted. A double quote is an ordinary character, so a caption such as ``"Stop" he said``
-or one with an opening quote that never closes is read verbatim. A field therefore cannot hold the separator or a
-line break: the project's writer (``training_ext.common.file_io.write_tsv``) refuses such a field instead of quoting
-it, and the reader stops at a row with the wrong number of fields, naming the file and line. Empty lines are
-skipped; the first non-empty line is the header.
+Quoting: a file is read as Python's ``csv`` module and pandas write it (``csv.writer(delimiter='\\t')`` in TULIP's
+``sharegpt_prepocessing.py``, ``DataFrame.to_csv(sep='\\t')`` in its ``dci_long_part.py``) and as open_clip_train's
+``CsvDataset`` (pandas ``read_csv``) reads it back: a field that starts with a double quote is a quoted field, which
+may hold the separator, line breaks and doubled quotes (``""`` is one quote); any other field is taken verbatim,
+quotes included. A UTF-8 byte-order mark and CRLF line endings are accepted; empty lines are skipped; the first
+record is the header. Values stay text: ``NA``, ``null`` or ``1`` are captions, not missing values or numbers. The
+parser is pyarrow's CSV reader (Arrow's C++ parser: the same quoting rules, no Python object per row).
+
+Checks added to the standard rules (each error names the file, the line where the bad record starts and the fix):
+
+- every record has the header's number of fields;
+- a field that starts with a double quote must be a whole quoted field: its closing quote is followed by the
+  separator or the end of the line. ``"Stop" he said`` breaks this rule: pandas and the ``csv`` module would
+  silently read it as ``Stop he said``. Such fields come from writers that do not quote, among them this project's
+  ``write_tsv`` from commit 1fecb9f until this rule was introduced, which wrote captions verbatim; the error names
+  ``python scripts/requote_csv.py`` to rewrite such a file in standard form;
+- a quoted field that spans lines (a caption holding a line break, as DCI's ``extra_caption`` may) is accepted and
+  counted in the log, unless one of its continuation lines looks like a record of this file: split at the
+  separator, its field in the image column's place looks like an image path of this file (a file name ending in
+  one of the extensions the image column uses). That is the mark of an opening quote that was never closed and
+  swallowed the rows after it (a CSV parser cannot tell the two apart by syntax). For a file without the image
+  column, a continuation line with the header's number of fields counts as a record.
 
 Relative image paths: a relative path in the image column is taken relative to the image root when one is given
 (``--csv-image-root``, eval's ``--long-dci-root``), else relative to the folder of the CSV file itself, never to the
 working directory (so a CSV with its images can be moved, and a run works from any folder).
 """
+import csv
+import logging
+import mmap
 import os
-from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Optional
 
-from training_ext.common.text_files import text_lines
+from training_ext.common.text_files import ENCODING, read_arrow_csv, text_stream
 
 DEFAULT_SEPARATOR = "\t"
 _SEPARATOR_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "'|'"}
+_BOM = b"\xef\xbb\xbf"
+REQUOTE_COMMAND = "python scripts/requote_csv.py"
+# a whole quoted field: opening quote, any bytes but a lone quote, closing quote
+_QUOTED_FIELD = re.compile(rb'"(?:[^"]|"")*"')
 
 
 class CsvFormatError(ValueError):
-    """A CSV that does not follow the project's CSV rule (field count, header); the message names file and line."""
+    """A CSV that breaks the standard CSV rules or the checks above; the message names file, line and fix."""
 
 
 class CsvColumnError(CsvFormatError, KeyError):
@@ -36,14 +60,29 @@ class CsvColumnError(CsvFormatError, KeyError):
 
 @dataclass
 class CsvTable:
-    """The requested columns of a CSV, as text exactly as written."""
+    """The requested columns of a CSV, as text after CSV unquoting.
+
+    ``columns`` maps a column name to one ``str`` per data row. Line numbers are worked out only when a message
+    needs one (``where``), by a second pass with the ``csv`` module, so a table of a million rows holds no per-row
+    line list.
+    """
     path: str
     header: List[str]
-    lines: List[int]                 # the file line (from 1) of every data row
     columns: Dict[str, List[str]]    # column name -> one value per data row
+    rows: int = 0
+    separator: str = DEFAULT_SEPARATOR
+    multiline_rows: int = 0          # data rows holding a quoted field that spans lines
+    _lines: Optional[List[int]] = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return self.rows
+
+    @property
+    def lines(self) -> List[int]:
+        """The file line (from 1) where every data row starts."""
+        if self._lines is None:
+            self._lines = record_start_lines(self.path, self.separator)[1:]
+        return self._lines
 
     def where(self, row: int) -> str:
         """``<path> line <n>, data row <row>``: how messages point at a data row (rows count from 0, as the teacher
@@ -66,51 +105,202 @@ def _separator_hint(header: List[str], separator: str) -> str:
     return ""
 
 
+_QUOTE_RULE = ("a field that starts with a double quote must be a whole quoted field (the closing quote is followed by "
+               "the separator or the line end, inner quotes are doubled), as Python's csv module and pandas write "
+               "it; a file written without quoting (as this project's write_tsv did from commit 1fecb9f until the "
+               f"standard-CSV reader) can be rewritten in standard form with `{REQUOTE_COMMAND} FILE`")
+
+
+def _records(path: str, separator: str):
+    """(start line, fields) of every non-empty record, read by the ``csv`` module in strict mode, for diagnostics and
+    line numbers (the fast reader is pyarrow's). Raises CsvFormatError naming the record's start line where a quote
+    breaks the rules, TextDecodeError for a file that is not UTF-8."""
+    with text_stream(path) as stream:
+        reader = csv.reader(stream, delimiter=separator, strict=True)
+        line = 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise CsvFormatError(f"{path} line {line}: {error}; {_QUOTE_RULE}") from None
+            if fields:
+                yield line, fields
+            line = reader.line_num + 1
+
+
+def record_start_lines(path: str, separator: str = DEFAULT_SEPARATOR) -> List[int]:
+    """The line (from 1) where each non-empty record of ``path`` starts, the header first. Raises CsvFormatError."""
+    return [line for line, _ in _records(path, separator)]
+
+
+def _read_header(path: str, separator: str):
+    """(start line, fields) of the first record, read by the ``csv`` module."""
+    for line, fields in _records(path, separator):
+        return line, fields
+    raise CsvFormatError(f"{path}: empty file (no header line)")
+
+
+def _field_starts(data, separator: bytes, start: int) -> Iterator[int]:
+    """Ascending offsets of the double quotes that start a line or follow the separator (``mmap.find``: fast, no
+    copy of the file)."""
+    if data[start:start + 1] == b'"':
+        yield start
+    patterns = (separator + b'"', b'\n"')
+    found = [data.find(pattern, start) for pattern in patterns]
+    while True:
+        live = [(position, index) for index, position in enumerate(found) if position >= 0]
+        if not live:
+            return
+        position, index = min(live)
+        found[index] = data.find(patterns[index], position + 1)
+        yield position + len(patterns[index]) - 1
+
+
+def _check_quoted_fields(path: str, separator: str) -> None:
+    """Every field that starts with a double quote is a whole quoted field (see the module docstring). Each quoted
+    field is matched once, from its opening quote, so a quote inside it is never taken for another field's start."""
+    if os.path.getsize(path) == 0:
+        return
+    sep = separator.encode(ENCODING)
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        start = len(_BOM) if data[:len(_BOM)] == _BOM else 0
+        covered = start
+        for position in _field_starts(data, sep, start):
+            if position < covered:
+                continue
+            match = _QUOTED_FIELD.match(data, position)
+            if match is None:
+                _raise_at_record(path, separator, position, "a double quote that opens a field is never closed")
+            end = match.end()
+            if not (data[end:end + len(sep)] == sep or data[end:end + 1] in (b"\r", b"\n", b"")):
+                _raise_at_record(path, separator, position,
+                                 "a quoted field is followed by more text before the separator or the line end")
+            covered = end
+
+
+def _raise_at_record(path: str, separator: str, byte_offset: int, what: str):
+    """Stop naming the line where the bad record starts: the strict csv pass raises there; if it does not, the line
+    of ``byte_offset`` is named."""
+    for _ in _records(path, separator):
+        pass
+    with open(path, "rb") as handle:
+        line = handle.read(byte_offset).count(b"\n") + 1
+    raise CsvFormatError(f"{path} line {line}: {what}; {_QUOTE_RULE}")
+
+
+def _image_suffixes(column) -> set:
+    """The lower-case file extensions (``.jpg``) of an Arrow string column's values."""
+    import pyarrow.compute as pc
+    suffixes = pc.struct_field(pc.extract_regex(pc.utf8_lower(column), r"(?P<suffix>\.[^./\\\s]+)$"), [0])
+    return set(pc.unique(suffixes.drop_null()).to_pylist())
+
+
+def _looks_like_record(line: str, separator: str, header: List[str], image_index: Optional[int],
+                       suffixes: set) -> bool:
+    fields = line.split(separator)
+    if image_index is None:
+        return len(fields) == len(header)
+    if len(fields) <= image_index:
+        return False
+    value = fields[image_index].strip()
+    return bool(value) and not any(c.isspace() for c in value) and os.path.splitext(value)[1].lower() in suffixes
+
+
+def _check_multiline(path: str, separator: str, header: List[str], arrow_columns: Dict,
+                     image_key: Optional[str]) -> int:
+    """Count the rows with a field spanning lines, in any column; refuse one whose continuation looks like a record
+    (see the module docstring). Vectorised over the columns; only the flagged rows are looked at in Python."""
+    import pyarrow.compute as pc
+    flagged = None
+    for array in arrow_columns.values():
+        spans = pc.or_(pc.match_substring(array, "\n"), pc.match_substring(array, "\r"))
+        flagged = spans if flagged is None else pc.or_(flagged, spans)
+    rows = pc.indices_nonzero(flagged).to_pylist() if flagged is not None else []
+    if not rows:
+        return 0
+    image_index = header.index(image_key) if image_key in header else None
+    suffixes = _image_suffixes(arrow_columns[image_key]) if image_index is not None else set()
+    for row in rows:
+        for name, values in arrow_columns.items():
+            for continuation in re.split(r"\r\n|\r|\n", values[row].as_py())[1:]:
+                if _looks_like_record(continuation, separator, header, image_index, suffixes):
+                    line = record_start_lines(path, separator)[1 + row]
+                    raise CsvFormatError(
+                        f"{path} line {line}, data row {row}: the quoted field of column {name!r} spans lines and a "
+                        f"continuation line looks like a row of this file ({continuation[:80]!r}): most likely a "
+                        f"double quote that opens the field is never closed and swallowed the rows after it. Close "
+                        f"the quote, or write the field without a leading quote (a quote inside a field is read "
+                        f"verbatim), or rewrite a file written without quoting with `{REQUOTE_COMMAND} FILE`")
+    return len(rows)
+
+
 def read_csv_table(path: str, columns_by_flag: Mapping[str, Optional[str]],
-                   separator: str = DEFAULT_SEPARATOR) -> CsvTable:
-    """Read ``path`` by the rule above, keeping the columns named in ``columns_by_flag`` ({flag that names the
+                   separator: str = DEFAULT_SEPARATOR, image_key: Optional[str] = None) -> CsvTable:
+    """Read ``path`` by the rules above, keeping the columns named in ``columns_by_flag`` ({flag that names the
     column, e.g. ``--csv-caption-key``: column name}; a None column is not wanted).
+
+    ``image_key`` names the image column for the multi-line check when the caller does not read it (stage 1 reads
+    only captions); a name that is not in the header falls back to the field-count rule. A ``--csv-img-key`` entry
+    of ``columns_by_flag`` is used when ``image_key`` is not given.
 
     Raises FileNotFoundError; TextDecodeError (a file that is not UTF-8: line and byte offset); CsvColumnError (a
     column is missing: names the flag to set and, for a file written with another separator, ``--csv-separator``);
-    CsvFormatError (no header, a repeated column name, or a row whose field count differs from the header's).
+    CsvFormatError (no header, a repeated column name, a record whose field count differs from the header's, a field
+    that opens a quote it does not close where it ends, or a multi-line field that swallowed rows).
     """
-    if not separator:
-        raise ValueError("the CSV separator may not be empty")
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    if len(separator) != 1 or separator in '"\r\n':
+        raise ValueError(f"--csv-separator must be one character other than a quote or line break, got {separator!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CSV file not found: {path}")
     wanted = {flag: column for flag, column in columns_by_flag.items() if column is not None}
-    header, index, lines, values = None, {}, [], {column: [] for column in wanted.values()}
-    for number, line in text_lines(path):
-        if line == "":
-            continue
-        fields = line.split(separator)
-        if header is None:
-            header = fields
-            repeated = sorted({name for name in header if header.count(name) > 1})
-            if repeated:
-                raise CsvFormatError(f"{path} line {number}: column name(s) {repeated} occur more than once in the "
-                                     f"header")
-            for flag, column in wanted.items():
-                if column not in header:
-                    raise CsvColumnError(
-                        f"{path}: no column {column!r} (the header, split at {_separator_name(separator)}s, has "
-                        f"{', '.join(map(repr, header))}); set the column with {flag}"
-                        + _separator_hint(header, separator))
-            index = {column: header.index(column) for column in values}
-            continue
+    header_line, header = _read_header(path, separator)
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise CsvFormatError(f"{path} line {header_line}: column name(s) {repeated} occur more than once in the header")
+    for flag, column in wanted.items():
+        if column not in header:
+            raise CsvColumnError(
+                f"{path}: no column {column!r} (the header, split at {_separator_name(separator)}s, has "
+                f"{', '.join(map(repr, header))}); set the column with {flag}" + _separator_hint(header, separator))
+    image_key = image_key or wanted.get("--csv-img-key")
+    _check_quoted_fields(path, separator)
+    try:
+        arrow = read_arrow_csv(
+            path,
+            read_options=pa_csv.ReadOptions(column_names=header, skip_rows=0, block_size=1 << 24),
+            parse_options=pa_csv.ParseOptions(delimiter=separator, quote_char='"', double_quote=True,
+                                              newlines_in_values=True, ignore_empty_lines=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={name: pa.large_string() for name in header},
+                strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except pa.ArrowInvalid as error:
+        _diagnose(path, separator, header, error)
+    # the header is the first record: the reader was given the names, so it reads the header as a data row
+    arrow = arrow.slice(1)
+    # every column takes part in the multi-line check: an unclosed quote in a column no one reads loses rows too
+    multiline = _check_multiline(path, separator, header, {name: arrow.column(name) for name in header}, image_key)
+    if multiline:
+        logging.info(f"{path}: {multiline} rows hold a quoted field that spans lines (accepted as CSV writers "
+                     f"quote them)")
+    columns = {column: arrow.column(column).to_pylist() for column in wanted.values()}
+    return CsvTable(path=path, header=header, columns=columns, rows=arrow.num_rows, separator=separator,
+                    multiline_rows=multiline)
+
+
+def _diagnose(path: str, separator: str, header: List[str], error: Exception):
+    """Stop on a record pyarrow could not read, naming the line where it starts (a csv-module pass finds it)."""
+    for line, fields in _records(path, separator):
         if len(fields) != len(header):
             raise CsvFormatError(
-                f"{path} line {number}: {len(fields)} fields, expected {len(header)} like the header. Fields are "
-                f"separated by {_separator_name(separator)}s and never quoted, so a field may not contain a "
-                f"{_separator_name(separator)} or a line break"
-                + (" (quoted fields are not supported: write the file tab-separated)" if separator != "\t" else ""))
-        lines.append(number)
-        for column, position in index.items():
-            values[column].append(fields[position])
-    if header is None:
-        raise CsvFormatError(f"{path}: empty file (no header line)")
-    return CsvTable(path=path, header=header, lines=lines, columns=values)
+                f"{path} line {line}: {len(fields)} fields, expected {len(header)} like the header (fields are "
+                f"separated by {_separator_name(separator)}s; a field holding a {_separator_name(separator)} or a "
+                f"line break must be quoted, as Python's csv module and pandas quote it)")
+    raise CsvFormatError(f"{path}: not readable as CSV: {error}")
 
 
 def image_base(csv_path: str, image_root: Optional[str] = None) -> str:

@@ -4,6 +4,7 @@ Every writer goes to a temporary file in the destination's own folder (so the fi
 same-filesystem rename, which is atomic) and renames it over the destination only once it is complete.
 """
 import contextlib
+import csv
 import itertools
 import json
 import os
@@ -58,28 +59,25 @@ def write_lines(path: str, lines: Iterable[str]) -> None:
 
 
 def write_tsv(path: str, columns: Sequence[str], rows: Iterable[Sequence[str]],
-              collapse_whitespace: bool = False) -> int:
-    """A tab-separated file in the project's CSV format (training_ext.common.csv_table reads it back).
+              collapse_whitespace: bool = False, separator: str = "\t") -> int:
+    """A tab-separated CSV as Python's ``csv.writer(delimiter='\\t')`` writes it (QUOTE_MINIMAL: a field holding a
+    double quote, a tab or a line break is quoted and its quotes doubled; None is written as an empty field), so
+    pandas, the ``csv`` module, open_clip_train and training_ext.common.csv_table read back the same values.
 
-    Fields are never quoted (the CSV rule in csv_table), so every value is written verbatim; a field holding a tab
-    or a line break cannot be written that way and raises ValueError naming the row and column (clean captions
-    with training_ext.common.captions.clean_caption first). Reports (lists of skipped or malformed entries, whose
-    reasons quote error messages) pass ``collapse_whitespace=True``: runs of white space in a field become one
-    space. Returns the number of data rows written.
+    Reports (lists of skipped or malformed entries, whose reasons quote error messages) pass
+    ``collapse_whitespace=True``: runs of white space in a field become one space. ``separator`` replaces the tab
+    for other delimited files. Raises ValueError for a row whose field count is not the header's. Returns the number
+    of data rows written. The file is written atomically.
     """
     count = 0
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter=separator, lineterminator="\n")
         for number, row in enumerate(itertools.chain([columns], rows)):
-            row = ["" if value is None else str(value) for value in row]  # as csv.writer wrote None
+            row = ["" if value is None else str(value) for value in row]
             if collapse_whitespace:
                 row = [" ".join(value.split()) for value in row]
             if len(row) != len(columns):
                 raise ValueError(f"{path}: row {count} has {len(row)} fields, expected {len(columns)}")
-            for column, value in zip(columns, row):
-                if "\t" in value or "\n" in value or "\r" in value:
-                    where = "the header" if number == 0 else f"row {count} column {column!r}"
-                    raise ValueError(f"{path}: {where} holds a tab or line break ({value[:60]!r}), which the "
-                                     f"project's CSV format cannot hold (fields are never quoted)")
-            handle.write("\t".join(row) + "\n")
+            writer.writerow(row)
             count += number > 0
     return count

@@ -5,8 +5,9 @@ Every text read goes through here so that a file that is not UTF-8 stops with it
 worker. A UTF-8 byte-order mark at the start of a file is dropped (spreadsheet programs write one, and it would
 otherwise become part of the first column's name).
 """
+import contextlib
 import json
-from typing import Iterator, Tuple
+from typing import IO, Iterator, Tuple
 
 ENCODING = "utf-8"
 _BOM = b"\xef\xbb\xbf"
@@ -62,3 +63,36 @@ def read_json(path: str):
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+
+
+def _raise_decode_error(path: str) -> None:
+    """Re-read ``path`` line by line so that a decoding failure found elsewhere is reported with its line and byte."""
+    for _ in text_lines(path):
+        pass
+
+
+@contextlib.contextmanager
+def text_stream(path: str) -> Iterator[IO[str]]:
+    """``path`` opened for reading text as the ``csv`` module wants it (``newline=''``; a leading BOM dropped). A
+    file that is not UTF-8 raises TextDecodeError with the line and byte, wherever the reader meets the bad byte."""
+    try:
+        with open(path, encoding=ENCODING, newline="") as stream:
+            if stream.read(1) != "\ufeff":
+                stream.seek(0)
+            yield stream
+    except UnicodeDecodeError:
+        _raise_decode_error(path)
+        raise
+
+
+def read_arrow_csv(path: str, **options):
+    """``pyarrow.csv.read_csv(path, **options)``, a pyarrow Table, with text columns checked as UTF-8 by pyarrow;
+    a file that is not raises TextDecodeError with the line and byte (pyarrow's own message names neither)."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    try:
+        return pa_csv.read_csv(path, **options)
+    except pa.ArrowInvalid as error:
+        if "utf8" in str(error).lower():
+            _raise_decode_error(path)
+        raise

@@ -68,11 +68,12 @@ def _report_skipped(source: str, skipped: List[str]) -> None:
 
 
 def csv_captions(path: str, caption_key: str = "title", short_caption_key: Optional[str] = None,
-                 separator: str = "\t") -> List[KeyedCaption]:
-    """Every data row of an open_clip CSV that training reads (only the caption columns are read); a row with an
-    empty caption is skipped, as training skips it. Raises what ``read_csv_table`` raises."""
+                 separator: str = "\t", image_key: Optional[str] = "filepath") -> List[KeyedCaption]:
+    """Every data row of an open_clip CSV that training reads (only the caption columns are read; ``image_key``
+    serves the reader's multi-line check, as in stage 1); a row with an empty caption is skipped, as training skips
+    it. Raises what ``read_csv_table`` raises."""
     table = read_csv_table(path, {"--csv-caption-key": caption_key, "--csv-short-caption-key": short_caption_key},
-                           separator)
+                           separator, image_key=image_key)
     shorts = table.columns[short_caption_key] if short_caption_key else [None] * len(table)
     records, skipped = [], []
     for row, (text, short) in enumerate(zip(table.columns[caption_key], shorts)):

@@ -6,6 +6,7 @@ by one policy for every source (training_ext.data.skips); CSVs are read by train
 size discovery, DataInfo); open_clip's own CSV / webdataset builders yield only ``(image, text)`` pairs and always
 decode the image, which is what stage 1 must avoid.
 """
+import dataclasses
 import io
 import math
 import os
@@ -64,9 +65,10 @@ class CsvTextDataset(Dataset):
     """
 
     def __init__(self, path: str, caption_key: str, tokenizer: Callable, sep: str = "\t",
-                 skips: Optional[SkipLog] = None):
+                 skips: Optional[SkipLog] = None, image_key: Optional[str] = "filepath"):
         self.skips = skips or SkipLog()
-        table = read_csv_table(path, {"--csv-caption-key": caption_key}, sep)
+        # the image column is not read, but it tells a caption with a line break from rows an unclosed quote swallowed
+        table = read_csv_table(path, {"--csv-caption-key": caption_key}, sep, image_key=image_key)
         rows = _captioned_rows(table, caption_key, self.skips)
         self.row_numbers = [row for row, _ in rows]
         self.captions = [caption for _, caption in rows]
@@ -97,10 +99,12 @@ class CsvImageTextDataset(Dataset):
                                       "--csv-short-caption-key": short_caption_key}, sep)
         base = image_base(path, image_root)
         rows = [
-            (row, table.where(row), resolve_image_path(table.columns[image_key][row], base), long,
+            (row, resolve_image_path(table.columns[image_key][row], base), long,
              short_caption_for(long, table.columns[short_caption_key][row] if short_caption_key else None))
             for row, long in _captioned_rows(table, caption_key, self.skips)
         ]
+        # messages name the file line, which is worked out only when one is needed (the columns are not kept twice)
+        self.where = dataclasses.replace(table, columns={}).where
         self.rows = self._rows_with_images(rows, skip_missing)
         self.tokenize = tokenizer
         self.transform = transform
@@ -109,15 +113,15 @@ class CsvImageTextDataset(Dataset):
         """A missing image file stops the run here (row and path named) unless skipping was asked for."""
         present = []
         for entry in rows:
-            row, where, image_path = entry[:3]
+            row, image_path = entry[:2]
             if os.path.isfile(image_path):
                 present.append(entry)
             elif skip_missing:
-                self.skips.skip(NO_IMAGE, f"{where}: {image_path}")
+                self.skips.skip(NO_IMAGE, f"{self.where(row)}: {image_path}")
             else:
                 raise FileNotFoundError(
-                    f"{where}: image file not found: {image_path} (relative paths start from --csv-image-root, "
-                    f"else from the CSV's folder; pass --csv-skip-missing-images to drop such rows)")
+                    f"{self.where(row)}: image file not found: {image_path} (relative paths start from "
+                    f"--csv-image-root, else from the CSV's folder; pass --csv-skip-missing-images to drop such rows)")
         if not present:
             raise ValueError(f"{self.path}: no row has an existing image file")
         return present
@@ -126,8 +130,8 @@ class CsvImageTextDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index):
-        row, where, image_path, long, short = self.rows[index]
-        pixels = decode_image(image_path, self.transform, self.skips, f"{where}: {image_path}")
+        row, image_path, long, short = self.rows[index]
+        pixels = decode_image(image_path, self.transform, self.skips, f"{self.where(row)}: {image_path}")
         if pixels is None:
             return None
         return pixels, self.tokenize([long])[0], self.tokenize([short])[0]
@@ -420,7 +424,7 @@ def get_text_data(args, tokenizer, epoch: int = 0, teacher_cache=None) -> DataIn
         data = _map_style_data(SyntheticTextDataset(args.train_num_samples or 64, tokenizer), args, True)
     elif kind == "csv":
         dataset = CsvTextDataset(args.train_data, args.csv_caption_key, tokenizer, sep=args.csv_separator,
-                                 skips=skips)
+                                 skips=skips, image_key=args.csv_img_key)
         data = _map_style_data(CsvCachedTargets(dataset, teacher_cache) if teacher_cache else dataset, args, True)
     elif kind == "webdataset":
         to_sample = _TextOnlySample(tokenizer)

@@ -34,6 +34,16 @@ IDENTITY_KEYS = ("teacher", "teacher_pretrained", "checkpoint_sha256", "tokenize
                  "embedding_width", "dataset_type", "dataset", "caption_field", "short_caption_field")
 
 
+# CSVs were read verbatim (quotes kept) from commit 1fecb9f until the standard-CSV reader; a cache built then from a
+# CSV with quoted fields holds digests of the quoted text
+CSV_QUOTING_HINT = (". CSVs are read with standard CSV quoting since the standard-CSV reader; a cache built before "
+                    "it read quotes verbatim. If this CSV was written by a CSV writer (pandas, Python's csv module, "
+                    "TULIP's scripts), the cache holds targets of misread captions: precompute it again "
+                    "(scripts/precompute_teacher_embeddings.py). If it was written without quoting (this project's "
+                    "writer between commit 1fecb9f and the standard-CSV reader), rewrite the CSV with "
+                    "`python scripts/requote_csv.py FILE` and keep the cache")
+
+
 class TeacherCacheError(RuntimeError):
     """A cache that is unreadable, incomplete, or does not belong to the run; the message says which."""
 
@@ -249,7 +259,8 @@ class TeacherCache:
                                     f"training set")
         if caption is not None and caption_digest(caption) != self.digests[row]:
             raise TeacherCacheError(f"{self.path}: sample {key!r} has another caption than the one cached (cache "
-                                    f"made from {self.header.dataset}, column {self.header.caption_field!r})")
+                                    f"made from {self.header.dataset}, column {self.header.caption_field!r})"
+                                    + (CSV_QUOTING_HINT if self.header.dataset_type == "csv" else ""))
         return row
 
     def embeddings(self, rows: Iterable[int], name: str = "long") -> torch.Tensor:

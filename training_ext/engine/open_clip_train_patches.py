@@ -1,8 +1,8 @@
 """Every change this project makes to open_clip_train's internals, in one place, checked at import.
 
 ``python -m training_ext.main`` runs open_clip_train's own ``main`` unchanged; only its CSV data is ours, so that
-every CSV the project reads follows one rule (training_ext.common.csv_table: fields never quoted, captions verbatim,
-a malformed row named by file and line, relative image paths from ``--csv-image-root`` or the CSV's folder).
+every CSV the project reads follows one rule (training_ext.common.csv_table: standard CSV quoting as pandas reads it,
+a malformed record named by file and line, relative image paths from ``--csv-image-root`` or the CSV's folder).
 
 - ``open_clip_train.data.CsvDataset`` is replaced by ``OpenClipTrainCsvDataset`` (same constructor and items).
   ``open_clip_train.data.get_csv_dataset`` looks the name up when it runs, so it builds ours.
@@ -55,7 +55,8 @@ class OpenClipTrainCsvDataset(CsvImageTextDataset):
                          image_root=type(self).image_root)
 
     def __getitem__(self, index):
-        _, where, image_path, caption, _ = self.rows[index]
+        row, image_path, caption, _ = self.rows[index]
+        where = self.where(row)
         pixels = decode_image(image_path, self.transform, self.skips, f"{where}: {image_path}")
         if pixels is None:
             raise RuntimeError(f"{where}: image {image_path} cannot be decoded; training_ext.main (open_clip_train's "

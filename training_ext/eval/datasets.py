@@ -250,8 +250,8 @@ def read_sharegpt4v_lotlip(json_path: str, image_root: Optional[str] = None, cou
 def read_caption_csv(csv_path: str, image_root: Optional[str] = None, what: str = "caption csv",
                      separator: str = DEFAULT_SEPARATOR, img_key: str = "filepath",
                      caption_key: str = "title") -> RetrievalSet:
-    """An open_clip CSV read as training reads it (training_ext.common.csv_table: never quoted, relative image paths
-    from image_root, else from the CSV's folder), one caption per image. An empty caption or image path, a missing
+    """An open_clip CSV read as training reads it (training_ext.common.csv_table: standard CSV quoting, relative image
+    paths from image_root, else from the CSV's folder), one caption per image. An empty caption or image path, a missing
     image, a malformed row or a file that is not UTF-8 is a BenchmarkError naming the file and line."""
     _require_file(csv_path, what)
     try:

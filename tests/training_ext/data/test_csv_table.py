@@ -1,17 +1,26 @@
 """One CSV reader and one rule for every reader of open_clip CSVs: training (both stages and training_ext.main),
 evaluation (--csv, Long-DCI), teacher-cache precompute and data preparation.
 
-Rule: tab-separated by default, fields never quoted (a caption survives verbatim, quotes included), a malformed row
-is named by file and line, relative image paths start from the image root or else from the CSV's folder."""
+Rule: a file is read as Python's csv module and pandas write it and as pandas reads it back (quoted fields, doubled
+quotes, quoted separators and line breaks, BOM, CRLF; values stay text); checks added on top name the file and the
+line where a bad record starts; relative image paths start from the image root or else from the CSV's folder.
+The reference for every reader is pandas' read_csv of the same file (what open_clip_train's CsvDataset and TULIP's
+evaluation read), computed in the test."""
 import argparse
+import csv
+import logging
 import os
+import subprocess
+import sys
 
 import open_clip
 import open_clip_train.data
+import pandas as pd
 import pytest
 import torch
 
 from support.training_helpers import STUDENT, TEACHER, write_image
+from training_ext.common.captions import clean_caption
 from training_ext.common.csv_table import CsvColumnError, CsvFormatError, read_csv_table
 from training_ext.common.file_io import write_tsv
 from training_ext.data.keyed_captions import csv_captions
@@ -24,11 +33,19 @@ from training_ext.prep.sources import samples_from_csv
 
 TOKENIZE = open_clip.get_tokenizer(STUDENT)
 _, _, PREPROCESS = open_clip.create_model_and_transforms(TEACHER)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 QUOTED = [
-    'He said "Stop" and the car stopped.',                      # balanced quotes: kept
-    'An "unclosed quote opens here and the sentence goes on.',  # never closed: must not swallow later rows
-] + [f"Plain caption number {i} of the held-out split." for i in range(6)]
+    'The sign reads "STOP" in red.',                            # inner quotes: the writers quote and double them
+    '"Hello," she wrote, "and goodbye."',                       # a caption that starts with a quote
+    'An "unclosed quote opens here and the sentence goes on.',  # one lone quote
+    "A caption with a\ttab inside.",                            # the separator inside a field
+    "Two lines:\nthe second line of a DCI extra caption.",      # a line break inside a field
+    "CRLF inside:\r\nstill one caption.",
+    "NA",                                                       # text, not a missing value
+    "null",
+    "1234",                                                     # text, not a number
+] + [f"Plain caption number {i} of the held-out split." for i in range(3)]
 
 
 def _rows_file(folder, name, lines, separator="\t"):
@@ -39,8 +56,31 @@ def _rows_file(folder, name, lines, separator="\t"):
     return path
 
 
-def _split(tmp_path, captions=QUOTED, relative=True, image_dir="images"):
-    """A tab-separated CSV with real images; image paths relative to the CSV's folder unless relative=False."""
+def _write_csv_module(path, rows, **writer_options):
+    with open(path, "w", encoding="utf-8", newline="") as stream:  # TULIP's sharegpt_prepocessing.py
+        csv.writer(stream, delimiter="\t", **writer_options).writerows(rows)
+
+
+def _write_pandas(path, rows, index=False):
+    pd.DataFrame(rows[1:], columns=list(rows[0])).to_csv(path, sep="\t", index=index)  # TULIP's dci_long_part.py
+
+
+def _write_project(path, rows):
+    write_tsv(path, rows[0], rows[1:])
+
+
+def _write_bom_crlf(path, rows):  # a spreadsheet's export: BOM and CRLF line ends
+    with open(path, "w", encoding="utf-8-sig", newline="") as stream:
+        csv.writer(stream, delimiter="\t", lineterminator="\r\n").writerows(rows)
+
+
+WRITERS = {"csv-module": _write_csv_module, "pandas": _write_pandas, "pandas-with-index": lambda p, r:
+           _write_pandas(p, r, index=True), "project": _write_project, "bom-crlf": _write_bom_crlf}
+
+
+def _split(tmp_path, captions=QUOTED, relative=True, image_dir="images", writer=_write_project):
+    """A tab-separated CSV with real images, written by ``writer``; image paths relative to the CSV's folder unless
+    relative=False."""
     folder = tmp_path / "split"
     (folder / image_dir).mkdir(parents=True, exist_ok=True)
     rows = [("filepath", "title")]
@@ -48,23 +88,36 @@ def _split(tmp_path, captions=QUOTED, relative=True, image_dir="images"):
         image = folder / image_dir / f"{index}.png"
         write_image(str(image), index)
         rows.append((f"{image_dir}/{index}.png" if relative else str(image), caption))
-    return _rows_file(str(folder), "held.csv", rows), folder
+    path = str(folder / "held.csv")
+    writer(path, rows)
+    return path, folder
 
 
-def test_every_reader_reads_quoted_captions_verbatim(tmp_path, monkeypatch):
-    path, folder = _split(tmp_path)
-    assert read_csv_table(path, {"--csv-caption-key": "title"}).columns["title"] == QUOTED
+def _pandas_captions(path):
+    """The independent reference: what open_clip_train's CsvDataset (pandas) reads, NA conversion off."""
+    return pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str)["title"].tolist()
 
-    assert CsvTextDataset(path, "title", TOKENIZE).captions == QUOTED                      # stage 1
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_every_reader_reads_what_standard_writers_wrote(tmp_path, monkeypatch, writer):
+    path, folder = _split(tmp_path, writer=WRITERS[writer])
+    expected = _pandas_captions(path)
+    assert expected == QUOTED  # the writers round-trip through pandas: the reference is the text written
+    cleaned = [clean_caption(c) for c in QUOTED]  # training and eval collapse white space in a caption
+    with open(path, newline="", encoding="utf-8-sig") as stream:
+        assert [row[-1] for row in csv.reader(stream, delimiter="\t")][1:] == QUOTED  # and through the csv module
+
+    assert read_csv_table(path, {"--csv-caption-key": "title"}).columns["title"] == expected
+    assert CsvTextDataset(path, "title", TOKENIZE).captions == cleaned                      # stage 1
     stage2 = CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS)          # stage 2, validation
-    assert [row[3] for row in stage2.rows] == QUOTED
-    assert [r.caption for r in csv_captions(path)] == QUOTED                               # teacher-cache precompute
-    assert [s.caption for s in samples_from_csv(path)] == QUOTED                           # data preparation
-    assert read_caption_csv(path).captions == QUOTED                                       # eval --csv / Long-DCI
-    assert read_long_dci(path).captions == QUOTED
+    assert [row[2] for row in stage2.rows] == cleaned
+    assert [r.caption for r in csv_captions(path)] == cleaned                              # teacher-cache precompute
+    assert [s.caption for s in samples_from_csv(path)] == cleaned                          # data preparation
+    assert read_caption_csv(path).captions == cleaned                                      # eval --csv / Long-DCI
+    assert read_long_dci(path).captions == cleaned
     args = runner.parse_args(["--model", TEACHER, "--csv", f"held={path}", "--no-progress"])
     (held,) = runner.load_benchmarks(args)
-    assert held.data.captions == QUOTED and len(held.data.image_paths) == 8
+    assert held.data.captions == cleaned and len(held.data.image_paths) == len(QUOTED)
 
     # training_ext.main: open_clip_train's get_csv_dataset builds the project's dataset after the patch
     monkeypatch.setattr(open_clip_train.data, "CsvDataset", open_clip_train.data.CsvDataset)  # restored after
@@ -74,40 +127,127 @@ def test_every_reader_reads_quoted_captions_verbatim(tmp_path, monkeypatch):
     data = open_clip_train.data.get_csv_dataset(flags, PREPROCESS, is_train=False, tokenizer=TOKENIZE)
     assert isinstance(data.dataloader.dataset, open_clip_train_patches.OpenClipTrainCsvDataset)
     image, ids = data.dataloader.dataset[1]
-    assert image.shape == (3, 32, 32) and torch.equal(ids, TOKENIZE([QUOTED[1]])[0])
+    assert image.shape == (3, 32, 32) and torch.equal(ids, TOKENIZE([cleaned[1]])[0])
 
 
-def test_writer_round_trips_verbatim_and_refuses_what_the_rule_cannot_hold(tmp_path):
+def test_project_writer_output_reads_back_identically_in_pandas_csv_module_and_open_clip_train(tmp_path):
     path = str(tmp_path / "out.csv")
-    assert write_tsv(path, ("filepath", "title"), [("a.png", QUOTED[0]), ("b.png", QUOTED[1])]) == 2
-    assert read_csv_table(path, {"--csv-caption-key": "title"}).columns["title"] == QUOTED[:2]
-    for bad in ("a caption\twith a tab", "two\nlines"):
-        with pytest.raises(ValueError, match=r"row 0 column 'title' holds a tab or line break"):
-            write_tsv(path, ("filepath", "title"), [("a.png", bad)])
-    assert read_csv_table(path, {"--csv-caption-key": "title"}).columns["title"] == QUOTED[:2]  # atomic: unchanged
+    rows = [("filepath", "title")] + [(f"{i}.png", caption) for i, caption in enumerate(QUOTED)]
+    assert write_tsv(path, rows[0], rows[1:]) == len(QUOTED)
+    with open(path, newline="", encoding="utf-8") as stream:
+        assert [tuple(row) for row in csv.reader(stream, delimiter="\t")] == rows
+    assert _pandas_captions(path) == QUOTED
+    write_image(str(tmp_path / "0.png"), 0)
+    stock = open_clip_train.data.CsvDataset.__init__  # open_clip_train's own class, unpatched, reads the same text
+    dataset = object.__new__(open_clip_train.data.CsvDataset)
+    stock(dataset, path, PREPROCESS, "filepath", "title", sep="\t", tokenizer=TOKENIZE)
+    # open_clip_train keeps pandas' NA conversion ('NA' and 'null' become nan): the one place it and we differ
+    read = [str(c) for c in dataset.captions]
+    kept = [i for i, w in enumerate(QUOTED) if w not in ("NA", "null")]
+    assert [read[i] for i in kept] == [QUOTED[i] for i in kept]
+    assert [read[QUOTED.index("NA")], read[QUOTED.index("null")]] == ["nan", "nan"]
 
 
-def test_malformed_row_is_named_by_file_and_line_in_every_reader(tmp_path, monkeypatch):
-    path, folder = _split(tmp_path)
-    lines = open(path, encoding="utf-8").read().splitlines()
-    lines[3] += "\tan extra field"  # file line 4
-    with open(path, "w", encoding="utf-8") as stream:
-        stream.write("\n".join(lines) + "\n")
-    message = rf"{path} line 4: 3 fields, expected 2 like the header.*never quoted"
-    with pytest.raises(CsvFormatError, match=message):
-        CsvTextDataset(path, "title", TOKENIZE)
-    with pytest.raises(CsvFormatError, match=message):
-        CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS)
-    with pytest.raises(CsvFormatError, match=message):
-        csv_captions(path)
-    with pytest.raises(CsvFormatError, match=message):
-        samples_from_csv(path)
+def test_line_of_a_bad_record_is_where_it_starts_after_multiline_records(tmp_path, monkeypatch):
+    path, folder = _split(tmp_path, writer=_write_csv_module)
+    with open(path, newline="", encoding="utf-8") as stream:
+        rows = list(csv.reader(stream, delimiter="\t"))
+    rows[10].append("an extra field")  # data row 9: after two records that span two lines each
+    _write_csv_module(path, rows)
+    expected_line = 1 + 9 + 2 + 1  # header, nine rows, two extra lines inside them, then this record
+    with open(path, "rb") as stream:
+        assert stream.read().decode().splitlines()[expected_line - 1].endswith("an extra field")
+    message = rf"{path} line {expected_line}: 3 fields, expected 2 like the header"
+    for read in (lambda: CsvTextDataset(path, "title", TOKENIZE),
+                 lambda: CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS),
+                 lambda: csv_captions(path), lambda: samples_from_csv(path)):
+        with pytest.raises(CsvFormatError, match=message):
+            read()
     with pytest.raises(BenchmarkError, match=message):
         read_caption_csv(path)
     monkeypatch.setattr(open_clip_train.data, "CsvDataset", open_clip_train.data.CsvDataset)
     open_clip_train_patches.use_project_csv_reader()
     with pytest.raises(CsvFormatError, match=message):
         open_clip_train.data.CsvDataset(path, PREPROCESS, "filepath", "title", tokenizer=TOKENIZE)
+
+
+def test_row_locations_count_lines_inside_quoted_fields(tmp_path):
+    path, _ = _split(tmp_path, writer=_write_pandas)
+    table = read_csv_table(path, {"--csv-caption-key": "title"})
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.reader(stream, delimiter="\t")
+        next(reader)
+        starts, line = [], reader.line_num + 1
+        for _ in reader:
+            starts.append(line)
+            line = reader.line_num + 1
+    assert table.lines == starts and starts[-1] == len(QUOTED) + 1 + 2
+    assert table.where(5) == f"{path} line {starts[5]}, data row 5"
+
+
+def test_a_field_that_opens_a_quote_and_goes_on_is_refused_naming_the_fix(tmp_path):
+    # what write_tsv wrote from commit 1fecb9f until the standard reader: captions verbatim; pandas would read the
+    # second row as 'Stop he said' and train on it without a word
+    path = _rows_file(str(tmp_path), "verbatim.csv", [("filepath", "title"), ("a.png", "plain"),
+                                                      ("b.png", '"Stop" he said')])
+    assert pd.read_csv(path, sep="\t")["title"].tolist()[1] == "Stop he said"  # the silent misreading refused here
+    with pytest.raises(CsvFormatError, match=rf"{path} line 3: .*double quote.*python scripts/requote_csv.py FILE"):
+        read_csv_table(path, {"--csv-caption-key": "title"})
+    with pytest.raises(CsvFormatError, match=rf"{path} line 3: "):
+        CsvTextDataset(path, "title", TOKENIZE)
+
+
+@pytest.mark.parametrize("lines, bad_line", [
+    ([("filepath", "title"), ("a.png", "fine"), ("b.png", '"never closed')], 3),            # at the end of the file
+    ([("filepath", "title"), ("a.png", '"never closed'), ("b.png", "the next row")], 2),    # swallowing to the end
+])
+def test_an_unclosed_quote_is_refused_at_the_record_that_opens_it(tmp_path, lines, bad_line):
+    path = _rows_file(str(tmp_path), "unclosed.csv", lines)
+    with pytest.raises(CsvFormatError, match=rf"{path} line {bad_line}: .*double quote"):
+        read_csv_table(path, {"--csv-caption-key": "title"})
+
+
+def test_multiline_field_is_accepted_and_counted_unless_it_swallowed_rows(tmp_path, caplog):
+    legit = _rows_file(str(tmp_path), "legit.csv", [
+        ("filepath", "title"), ("a.jpg", '"first line\nsecond line\twith a tab"'), ("b.jpg", "next")])
+    with caplog.at_level(logging.INFO):
+        table = read_csv_table(legit, {"--csv-img-key": "filepath", "--csv-caption-key": "title"})
+    assert table.columns["title"] == ["first line\nsecond line\twith a tab", "next"] and table.multiline_rows == 1
+    assert "1 rows hold a quoted field that spans lines" in caplog.text
+    # an opening quote closed two rows later: the rows between are one caption to a CSV parser (pandas agrees),
+    # but the continuation line starts with an image path like the file's others: refused, in stage 1 too, which
+    # never reads the image column
+    swallowed = _rows_file(str(tmp_path), "swallowed.csv", [
+        ("filepath", "title"), ("a.jpg", '"an opening quote'), ("b.jpg", 'a row it swallows"'), ("c.jpg", "next")])
+    assert len(pd.read_csv(swallowed, sep="\t")) == 2
+    message = rf"{swallowed} line 2, data row 0: .*spans lines.*'b.jpg\\ta row it swallows"
+    with pytest.raises(CsvFormatError, match=message):
+        read_csv_table(swallowed, {"--csv-img-key": "filepath", "--csv-caption-key": "title"})
+    with pytest.raises(CsvFormatError, match=message):
+        CsvTextDataset(swallowed, "title", TOKENIZE)
+    with pytest.raises(CsvFormatError, match=message):
+        csv_captions(swallowed)
+
+
+def test_requote_script_turns_a_verbatim_file_into_standard_csv_with_the_same_text(tmp_path):
+    verbatim = ['"Stop" he said', 'He said "hi".', '"Hello"', "plain"]
+    path = _rows_file(str(tmp_path), "old.csv", [("filepath", "title")] +
+                      [(f"{i}.png", caption) for i, caption in enumerate(verbatim)])
+    with pytest.raises(CsvFormatError):
+        read_csv_table(path, {"--csv-caption-key": "title"})
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "requote_csv.py"), path],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert read_csv_table(path, {"--csv-caption-key": "title"}).columns["title"] == verbatim
+    assert _pandas_captions(path) == verbatim
+    with open(path + ".verbatim", encoding="utf-8") as stream:  # the original is kept
+        assert stream.read().splitlines()[1] == '0.png\t"Stop" he said'
+
+
+def test_na_null_and_numbers_stay_text_in_every_column(tmp_path):
+    path = _rows_file(str(tmp_path), "na.csv", [("filepath", "title", "detail_position"), ("NA", "null", "007")])
+    table = read_csv_table(path, {"--csv-img-key": "filepath", "--csv-caption-key": "title", "x": "detail_position"})
+    assert table.columns == {"filepath": ["NA"], "title": ["null"], "detail_position": ["007"]}
 
 
 def test_comma_separated_file_read_as_tab_separated_names_csv_separator(tmp_path):
@@ -132,7 +272,7 @@ def test_relative_image_paths_start_from_the_image_root_or_the_csv_folder(tmp_pa
     path, folder = _split(tmp_path, captions=QUOTED[:3])
     monkeypatch.chdir(tmp_path)  # not the CSV's folder: the working directory must not matter
     expected = [str(folder / "images" / f"{i}.png") for i in range(3)]
-    assert [row[2] for row in CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS).rows] == expected
+    assert [row[1] for row in CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS).rows] == expected
     assert read_caption_csv(path).image_paths == expected
     assert [s.image_path for s in samples_from_csv(path)] == expected
 
@@ -143,7 +283,7 @@ def test_relative_image_paths_start_from_the_image_root_or_the_csv_folder(tmp_pa
     with pytest.raises(FileNotFoundError, match=r"line 2, data row 0: image file not found: .*--csv-image-root"):
         CsvImageTextDataset(moved, "filepath", "title", TOKENIZE, PREPROCESS)
     rows = CsvImageTextDataset(moved, "filepath", "title", TOKENIZE, PREPROCESS, image_root=str(folder)).rows
-    assert [row[2] for row in rows] == expected
+    assert [row[1] for row in rows] == expected
     assert read_caption_csv(moved, str(folder)).image_paths == expected
     assert [s.image_path for s in samples_from_csv(moved, image_root=str(folder))] == expected
     args = runner.parse_args(["--model", TEACHER, "--csv", f"held={moved}", "--csv-image-root", str(folder)])
@@ -153,7 +293,7 @@ def test_relative_image_paths_start_from_the_image_root_or_the_csv_folder(tmp_pa
     assert argv == ["--train-data", moved, "--epochs", "1"] and root == str(folder)
     open_clip_train_patches.use_project_csv_reader(root)
     dataset = open_clip_train.data.CsvDataset(moved, PREPROCESS, "filepath", "title", tokenizer=TOKENIZE)
-    assert [row[2] for row in dataset.rows] == expected
+    assert [row[1] for row in dataset.rows] == expected
 
 
 def test_open_clip_train_patch_is_checked_at_import(monkeypatch):
@@ -161,3 +301,33 @@ def test_open_clip_train_patch_is_checked_at_import(monkeypatch):
     monkeypatch.delattr(open_clip_train.data, "CsvDataset")
     with pytest.raises(ImportError, match=r"open_clip_torch \d+\.\d+.*CsvDataset is gone.*>=3.3,<3.4"):
         open_clip_train_patches.check_open_clip_train()
+
+
+def test_teacher_cache_built_from_a_verbatim_read_csv_names_both_fixes_and_requoting_restores_it(tmp_path):
+    from training_ext.data.keyed_captions import caption_digest
+    from training_ext.data.teacher_cache import CacheHeader, TeacherCache, TeacherCacheError, TeacherCacheWriter
+    verbatim = ['"Hello," she said.', "plain"]  # what the verbatim reader handed the teacher
+    path = _rows_file(str(tmp_path), "old.csv", [("filepath", "title")] +
+                      [(f"{i}.png", caption) for i, caption in enumerate(verbatim)])
+    header = CacheHeader(teacher="tiny-clip", checkpoint_sha256="0" * 64, tokenizer_context_length=77,
+                         embedding_width=2, dataset_type="csv", dataset=path, caption_field="title")
+    writer = TeacherCacheWriter(str(tmp_path / "cache"), header)
+    writer.append(["row0", "row1"], [caption_digest(c) for c in verbatim], torch.zeros(2, 2), torch.zeros(2, 2))
+    writer.finish()
+    cache = TeacherCache(str(tmp_path / "cache"))
+    # the standard reader refuses the verbatim field, so a user sees the CSV error first; a file that standard CSV
+    # reads differently without an error ('"Hello"' alone reads as Hello) meets the cache's digest check instead
+    standard = "Hello"
+    with pytest.raises(TeacherCacheError, match=r"another caption.*precompute it again.*requote_csv.py FILE.*keep"):
+        cache.row("row0", standard)
+    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "requote_csv.py"), path], check=True,
+                   capture_output=True, cwd=REPO)
+    for row, caption in enumerate(csv_captions(path)):
+        assert cache.row(caption.key, caption.caption) == row  # the requoted file reads as the cache was built
+
+
+def test_rows_swallowed_by_a_column_no_one_reads_are_refused_too(tmp_path):
+    path = _rows_file(str(tmp_path), "other.csv", [
+        ("filepath", "title", "note"), ("a.jpg", "one", '"opens'), ("b.jpg", "two", 'closes"'), ("c.jpg", "three", "")])
+    with pytest.raises(CsvFormatError, match=rf"{path} line 2, data row 0: the quoted field of column 'note'"):
+        CsvTextDataset(path, "title", TOKENIZE)

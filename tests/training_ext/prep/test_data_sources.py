@@ -86,7 +86,7 @@ def test_coco_source_keeps_file_order_and_reports_uncaptioned(tmp_path):
 
 
 def test_csv_source_resolves_paths_and_keeps_awkward_captions(tmp_path):
-    # the project's CSV rule: fields never quoted, so quotes stay, and "NA" stays text
+    # standard CSV quoting: quotes survive the write and the read, and "NA" stays text
     rows = [("rel/a.jpg", 'He said "hi". Then left.', ""), (str(tmp_path / "abs.png"), "NA", "given short"),
             ("b.jpg", "Line one   line two. More.", "x")]
     path = tmp_path / "in.csv"
