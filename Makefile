@@ -1,13 +1,19 @@
 # Everything a fresh machine needs, in two commands:
 #   make demo   # set up .venv, then run TULIP end to end on the embedded synthetic long-caption problem
 #   make test   # set up .venv, then run the test suite
+#   make gpu-check   # on a machine with a CUDA GPU: GPU tests + speed runs, one table (see scripts/gpu_check.py)
 # PYTHON picks the interpreter that creates the virtual environment (3.9+; CI uses 3.11).
 PYTHON ?= python3
 VENV ?= .venv
+# gpu-check runs in an existing interpreter: GPU machines ship their own torch and may reach no package index, so
+# it never builds .venv. `PY=python3 make gpu-check` (or `make gpu-check PY=python3`) names the interpreter;
+# without PY, .venv's where it exists, else python3. Taken before the next line replaces an environment PY.
+GPU_PY := $(if $(filter environment command line,$(origin PY)),$(PY),$(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3))
 PY := $(VENV)/bin/python
 DEMO_ARGS ?=
+GPU_CHECK_ARGS ?=
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test venv clean-venv gpu-check
 
 venv: $(VENV)/.installed
 
@@ -24,6 +30,10 @@ test: venv
 
 demo: venv
 	$(PY) -m training_ext.demo $(DEMO_ARGS)
+
+# No dependency on venv (see GPU_PY). PYTHONPATH: the checkout imports without being installed.
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

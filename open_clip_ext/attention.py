@@ -18,9 +18,6 @@ from .kernels.cope_torch import cope_attention
 from .rope import RotaryEmbedding
 
 COPE_SCALES = ("tulip", "paper")
-# "function": memory-lean (kernels/; fused Triton kernels on CUDA when installed), the default; "torch": the
-# same without Triton; "autograd": op by op, every (B, H, L, L) intermediate saved, kept for checks.
-COPE_IMPLS = ("function", "torch", "autograd")
 
 
 class RelPosAttention(nn.Module):
@@ -74,8 +71,7 @@ class RelPosAttention(nn.Module):
         # it with q. Either way logits = scale * cope_query @ k^T.
         cope_query = q * scale if self.cope_scale == "tulip" else q
         if future is None and self.cope_impl != "autograd":
-            return cope_attention(cope_query, k, v, self.cope.pos_emb, scale,
-                                  use_triton=None if self.cope_impl == "function" else False)
+            return cope_attention(cope_query, k, v, self.cope.pos_emb, scale, impl=self.cope_impl)
         if future is None:
             future = torch.ones(seq_len, seq_len, dtype=torch.bool, device=k.device).triu_(1)
         return self._cope_attention_autograd(cope_query, k, v, scale, future)

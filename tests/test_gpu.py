@@ -1,12 +1,13 @@
-"""Checks that need a CUDA GPU; skipped on machines without one (CI's included).
+"""Checks that need a CUDA GPU; skipped on machines without one (CI's included). ``make gpu-check`` runs them.
 
 The RoPE tower must run on SDPA's fused kernels (flash, memory-efficient), not only the math fallback; bf16
 autocast must agree with fp32; both stages must train under amp_bf16, and under fp16 amp the GradScaler's state
-must survive a checkpoint and ``--resume latest``.
+must survive a checkpoint and ``--resume latest``. CoPE on CUDA runs the PyTorch op unless the fused Triton kernels
+are asked for, and asked for they must match it (they become the default only once these checks pass).
 """
 import math
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 # cuBLAS reads this when it first starts: deterministic GEMM workspaces for the resume comparison below.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -16,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import open_clip_ext  # noqa: F401
+import open_clip_ext
 from training_ext import main_context_finetune_rope, main_distill_rope
 from support.training_helpers import STUDENT, TEACHER, base_args, checkpoint_state, long_caption, save_stock_teacher, write_csv
 
@@ -122,14 +123,16 @@ def test_fp16_amp_scaler_state_survives_resume(tmp_path):
     assert math.isfinite(resumed.scaler.get_scale())
 
 
-@pytest.mark.parametrize("impl,atol", [("function", 1e-4), ("torch", 1e-5)])
+@pytest.mark.parametrize("impl,atol", [("triton", 1e-4), ("torch", 1e-5)])
 def test_compiled_cope_tower_matches_eager_on_gpu(impl, atol):
     """Compiled CoPE used to gather outside its table on a GPU (device-side asserts, then a CUDA error). Compiled
-    runs the PyTorch custom op; eager "function" runs the Triton kernels (hence the looser fp32 bound, as in
+    runs the PyTorch custom op; eager "triton" runs the Triton kernels (hence the looser fp32 bound, as in
     tests/open_clip_ext/test_cope_triton.py), eager "torch" the same PyTorch code."""
     from support.naive_towers import randomize_
     from support.tower_grads import features_and_grads
 
+    if impl == "triton":
+        pytest.importorskip("triton")
     torch._dynamo.reset()
     text = randomize_(open_clip.create_model("tiny-clip-cope-248"), scale=0.3).to(CUDA).text
     text.set_cope_impl(impl)
@@ -141,3 +144,41 @@ def test_compiled_cope_tower_matches_eager_on_gpu(impl, atol):
     assert compiled_grads.keys() == eager_grads.keys()
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=0, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-4), ("bf16", 5e-2)])
+def test_cope_tower_reaches_triton_only_when_asked_and_matches_the_op(precision, atol, monkeypatch):
+    """On CUDA a CoPE tower left at its default runs the PyTorch op; set_cope_impl('triton') runs the fused kernels
+    in every layer, with the op's features and gradients at ViT-B-16 text size, L = 248 (two layers: the bound is
+    per layer; bf16 autocast gets bf16's bound, as tests/open_clip_ext/test_cope_triton.py)."""
+    pytest.importorskip("triton")
+    from open_clip_ext.kernels import cope_triton
+    from open_clip_ext.towers import build_relpos_text_tower
+    from support.naive_towers import randomize_
+    from support.tower_grads import features_and_grads
+
+    monkeypatch.delenv("OPEN_CLIP_EXT_COPE_IMPL", raising=False)
+    calls = []
+
+    class Counting(cope_triton.CoPETritonFunction):
+        @classmethod
+        def apply(cls, *args):
+            calls.append(args[0].shape)
+            return super().apply(*args)
+
+    monkeypatch.setattr(cope_triton, "CoPETritonFunction", Counting)
+    text_cfg = dict(open_clip_ext.derive_config("ViT-B-16", "cope", 248)["text_cfg"], layers=2)
+    text = randomize_(build_relpos_text_tower(512, text_cfg), scale=0.3).to(CUDA)
+    text.last_block_at_pooled_rows = False  # both layers on the square (B, H, L, L) path
+    ids = open_clip.get_tokenizer("ViT-B-16-cope-248")(_captions()).to(CUDA)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    results = {}
+    for impl in ("function", "triton"):
+        text.set_cope_impl(impl)
+        with autocast():
+            features, grads = features_and_grads(text, ids)
+        results[impl] = [features.float()] + [g.float() for g in grads.values()]
+        assert len(calls) == (0 if impl == "function" else 2), calls
+    assert all(shape[-2] == 248 for shape in calls)
+    for got, want in zip(results["triton"], results["function"]):
+        torch.testing.assert_close(got, want, rtol=0, atol=atol * max(1.0, want.abs().max().item()))

@@ -15,11 +15,12 @@ O(L^2) less memory). On CPU that costs no time: fewer, larger in-place passes ma
 Keys are processed in reverse order (k and v flipped, O(L d) copies) so that the suffix sum over keys becomes
 a plain cumsum along the last dim: flipping the (B, H, L, L) gates instead costs two full copies per call.
 """
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 
 from ..cope import clamp_positions_, compiling, cumsum_exact, suffix_sum
+from .dispatch import announce, choose_cope_kernel
 
 
 def _reversed_causal_bias(seq_len: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -183,21 +184,27 @@ cope_attention_op = _define_custom_op()
 
 
 def cope_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, table: torch.Tensor,
-                   logit_scale: float, use_triton: Optional[bool] = None) -> torch.Tensor:
+                   logit_scale: float, impl: str = "function") -> torch.Tensor:
     """Causal CoPE attention (see module docstring), memory-lean; (B, H, L, d) -> (B, H, L, d).
 
     ``table`` is the CoPE ``pos_emb`` (1, d, n) or (d, n); L <= n is the caller's check. Under autocast the
-    products run in the autocast dtype, as they would op by op. ``use_triton``: None picks the fused Triton
-    kernels for CUDA tensors when Triton is installed (and L <= 512), False forces this module's Function.
-    Under torch.compile the PyTorch code runs as one opaque op (see ``_define_custom_op``), without Triton.
+    products run in the autocast dtype, as they would op by op. ``impl``: "function" (default: this module's op
+    unless ``OPEN_CLIP_EXT_COPE_IMPL=triton``), "torch" (this module's op) or "triton" (the fused Triton kernels;
+    CUDA only, opt-in until they pass a GPU check); see ``kernels/dispatch.py``. Under torch.compile this module's
+    code always runs, as one opaque op (see ``_define_custom_op``). The first eager call per kernel logs which
+    runs. Raises ValueError / RuntimeError when ``impl`` is unknown or Triton cannot run here.
     """
     dtype = _autocast_dtype(query.device.type) or value.dtype
     table = table.reshape(table.shape[-2], table.shape[-1])
     args = (query.to(dtype), key.to(dtype), value.to(dtype), table.to(dtype), float(logit_scale))
-    if query.is_cuda and use_triton is not False and not compiling():
-        from . import cope_triton  # imported on first CUDA use only: CPU runs never load Triton
+    if impl == "autograd":
+        raise ValueError("cope_attention runs 'function', 'torch' or 'triton'; 'autograd' is CoPE.forward")
+    if not compiling():  # compiled code runs the op; logging or reading the environment there would break graphs
+        kernel, why = choose_cope_kernel(impl, query.device.type, query.shape[-2])
+        announce(kernel, why)
+        if kernel == "triton":
+            from . import cope_triton  # imported only when asked for: default runs never load Triton
 
-        if cope_triton.triton_available(query):
             return cope_triton.CoPETritonFunction.apply(*args)
     if cope_attention_op is not None:
         return cope_attention_op(*args)

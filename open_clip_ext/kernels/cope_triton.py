@@ -6,8 +6,9 @@ in-register scan and nothing (B, H, L, L) reaches memory. The table logits T = q
 product outside the kernel, read by index; their gradient is scattered into a (B, H, L, n) buffer with atomics
 and turned into dq and dE by two more products. Rows up to ``MAX_LEN`` keys (one tile per row).
 
-Triton is optional: without it (CPU-only installs) ``triton_available`` is False and nothing here is compiled.
-The kernels also run in Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors), which is how tests check them.
+Triton is optional: without it (CPU-only installs) ``triton`` is None and nothing here is compiled. The kernels
+also run in Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors), which is how tests check them on CPU.
+They have not yet passed a check on a GPU, so they are opt-in (``dispatch.py``; ``make gpu-check`` runs that check).
 """
 import os
 
@@ -21,11 +22,6 @@ except ImportError:  # CPU-only installs: the PyTorch path serves everything
 
 MAX_LEN = 512
 BLOCK_M = 16
-
-
-def triton_available(q: torch.Tensor) -> bool:
-    """Whether the Triton kernels can run on ``q`` (CUDA tensor, Triton importable, L <= MAX_LEN)."""
-    return triton is not None and q.is_cuda and q.shape[-2] <= MAX_LEN
 
 
 if triton is not None:

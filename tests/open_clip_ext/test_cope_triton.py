@@ -61,6 +61,57 @@ def test_triton_kernels_match_pytorch_function_in_interpreter():
         assert min(report[name + "_scale"]) > 1e-2  # every compared tensor is non-trivial
 
 
+# CPU tensors stand in for CUDA ones here (the interpreter runs the kernels on them), so this is the dispatch rule
+# end to end: a tower left at the default never reaches the kernels; asked by name or environment, it does.
+TOWER_DISPATCH = """
+    import json, os
+    import open_clip, torch
+    import open_clip_ext
+    from open_clip_ext.kernels import cope_triton
+    assert cope_triton.interpreting()
+    torch.set_num_threads(1)
+    calls = []
+
+    class Counting(cope_triton.CoPETritonFunction):
+        @classmethod
+        def apply(cls, *args):
+            calls.append(1)
+            return super().apply(*args)
+
+    cope_triton.CoPETritonFunction = Counting
+    torch.manual_seed(0)
+    text = open_clip.create_model("tiny-clip-cope-248").text
+    with torch.no_grad():
+        for name, p in text.named_parameters():
+            if name.endswith("pos_emb"):
+                p.normal_(0, 0.5)  # zero tables would leave the positional part untested
+    text.last_block_at_pooled_rows = False  # both layers on the square path
+    ids = open_clip.get_tokenizer("tiny-clip-cope-248")(["a red circle on a blue square", "two cats"])[:, :12]
+    report = {}
+    default = text(ids).detach()
+    report["default"] = len(calls)
+    text.set_cope_impl("triton")
+    asked = text(ids).detach()
+    report["asked"] = len(calls)
+    text.set_cope_impl("function")
+    os.environ["OPEN_CLIP_EXT_COPE_IMPL"] = "triton"
+    from_env = text(ids).detach()
+    report["env"] = len(calls)
+    report["diff"] = max((asked - default).abs().max().item(), (from_env - default).abs().max().item())
+    report["scale"] = default.abs().max().item()
+    print(json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_tower_reaches_triton_kernels_only_when_asked_in_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("OPEN_CLIP_EXT_COPE_IMPL", raising=False)
+    report = json.loads(_run(TOWER_DISPATCH, TRITON_INTERPRET="1").strip().splitlines()[-1])
+    assert (report["default"], report["asked"], report["env"]) == (0, 2, 4), report  # two layers per forward
+    assert report["diff"] <= 1e-5 and report["scale"] > 1e-2, report
+
+
 @pytest.mark.slow  # a fresh interpreter importing torch and open_clip
 def test_package_imports_and_runs_cope_without_triton():
     code = """
@@ -72,12 +123,18 @@ def test_package_imports_and_runs_cope_without_triton():
         sys.meta_path.insert(0, NoTriton())
         import open_clip, torch
         import open_clip_ext
-        from open_clip_ext.kernels import cope_triton
-        assert cope_triton.triton is None and not cope_triton.triton_available(torch.zeros(1, 1, 4, 4))
         model = open_clip.create_model("tiny-clip-cope-248")
         ids = open_clip.get_tokenizer("tiny-clip-cope-248")(["a caption"])
         model.encode_text(ids).sum().backward()
-        print("triton" in sys.modules)
+        print("triton" in sys.modules)  # the default path never imports it
+        from open_clip_ext.kernels import cope_triton, dispatch
+        assert cope_triton.triton is None and "Triton does not import" in dispatch.triton_problem("cuda")
+        try:
+            model.text.set_cope_impl("triton")
+        except RuntimeError as error:
+            assert "install the triton release" in str(error), error
+        else:
+            raise AssertionError("set_cope_impl('triton') accepted a machine without Triton")
     """
     assert _run(code).strip().splitlines()[-1] == "False"
 

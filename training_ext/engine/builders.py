@@ -8,6 +8,7 @@ import open_clip_ext  # noqa: F401  (registers the relative-position configs and
 import torch
 from open_clip_ext.configs import with_tower_activations
 from open_clip_ext.convert import pretrained_uses_quick_gelu, uses_quick_gelu
+from open_clip_ext.kernels.dispatch import announce, choose_cope_kernel
 
 from training_ext.engine.checkpoint import read_training_state, restore_training_state
 
@@ -33,6 +34,20 @@ def create_clip(args, name: str, pretrained: str, device: torch.device, with_fla
     return open_clip.create_model_and_transforms(
         name, pretrained or None, precision=args.precision, device=device, output_dict=True,
         cache_dir=args.cache_dir, **options)
+
+
+def apply_cope_impl(args, model: torch.nn.Module, device: torch.device) -> None:
+    """--cope-impl onto the model's CoPE text tower, and one INFO line naming the CoPE attention that will run and
+    why (engine.preflight has refused what cannot run). Nothing for other towers."""
+    text = getattr(model, "text", None)
+    if getattr(text, "position", None) != "cope":
+        return
+    impl = args.cope_impl or "function"
+    text.set_cope_impl(impl)
+    kernel, why = choose_cope_kernel(impl, device.type, text.context_length, source=f"--cope-impl {impl}")
+    if args.torchcompile and kernel != "autograd":
+        kernel, why = "torch", "--torchcompile: compiled code runs the PyTorch op"
+    announce(kernel, why, always=True)
 
 
 def trained_model_config(args, model: torch.nn.Module) -> Optional[dict]:

@@ -14,8 +14,10 @@ import sys
 from typing import Callable, List, Optional
 
 import open_clip
+import torch
 import open_clip_ext  # noqa: F401  (registers the relative-position configs, so their names are known)
 from open_clip_ext.configs import POSITION_DEFAULTS, unknown_model_error
+from open_clip_ext.kernels import dispatch
 
 Error = Callable[[str], None]
 REPORT_TO = ("wandb", "tensorboard", "all")
@@ -184,6 +186,40 @@ def check_loggers(args, error: Error) -> None:
             args.flag_notes.append(note)
     if {"tensorboard", "all"} & set(wanted) and importlib.util.find_spec("tensorboard") is None:
         error("--report-to tensorboard needs the tensorboard package (pip install tensorboard)")
+
+
+def check_cope_impl(args, config: Optional[dict], error: Error) -> None:
+    """--cope-impl, or OPEN_CLIP_EXT_COPE_IMPL where the flag leaves the choice to it, must fit the model and this
+    machine: only a CoPE text tower takes the flag, and the Triton kernels need Triton, a CUDA device and eager
+    code (compiled code runs the PyTorch op). Refused here, before any model is built, rather than falling back:
+    a run asked for Triton should not quietly measure or train something else. ``config`` is the model's open_clip
+    config (None for hub names: then the tower is checked when it is built)."""
+    text = (config or {}).get("text_cfg") or {}
+    if config is not None and text.get("pos_embed_type") != "cope":
+        if args.cope_impl:
+            error(f"--cope-impl {args.cope_impl} applies to CoPE text towers; --model {args.model} has "
+                  f"{describe_text_tower(text, args.force_context_length)}: drop --cope-impl")
+        return
+    if args.cope_impl in (None, "function"):
+        try:
+            kernel = dispatch.env_cope_impl()
+        except ValueError as problem:
+            error(f"{problem}; or give --cope-impl torch")
+        source = f"{dispatch.ENV_VAR}={kernel}"
+    else:
+        kernel, source = args.cope_impl, f"--cope-impl {args.cope_impl}"
+    if kernel != "triton":
+        return
+    if args.torchcompile:
+        error(f"{source} with --torchcompile: compiled code runs the PyTorch op, never the Triton kernels; drop one "
+              "of the two")
+    device = str(args.device).split(":")[0]
+    if device == "cuda" and not torch.cuda.is_available():
+        device = "this machine (--device cuda, but torch sees no CUDA GPU)"
+    problem = dispatch.triton_problem(device, args.force_context_length or text.get("context_length"),
+                                      fix="use --cope-impl torch")
+    if problem:
+        error(f"{source}: {problem}")
 
 
 def check_common(args, error: Error) -> None:

@@ -5,9 +5,10 @@ overrides a handful of methods) and open_clip's task API (``open_clip/task``: a 
 computes ``training_forward``), so that moving the stages onto open_clip's task API later is cheap.
 
 The sequence (``run_training``):
-  seed -> stage.build_models -> grad checkpointing -> per-rank seed -> params.txt -> optimizer -> GradScaler
-  -> --resume -> tokenizer -> stage.train_data -> validation data -> lr schedule -> wandb -> DDP wrap of
-  stage.training_module -> TrainState -> stage.make_step -> validation -> epoch loop.
+  seed -> stage.build_models -> --cope-impl (and the line naming CoPE's attention) -> grad checkpointing
+  -> per-rank seed -> params.txt -> optimizer -> GradScaler -> --resume -> tokenizer -> stage.train_data
+  -> validation data -> lr schedule -> wandb -> DDP wrap of stage.training_module -> TrainState
+  -> stage.make_step -> validation -> epoch loop.
 """
 import logging
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from training_ext.common.csv_table import CsvFormatError
 from training_ext.common.text_files import TextDecodeError
 from training_ext.data.loaders import get_image_text_data
 from training_ext.data.shard_checks import EmptyDataError, ShardFormatError
-from training_ext.engine.builders import resume_if_asked, trained_model_config
+from training_ext.engine.builders import apply_cope_impl, resume_if_asked, trained_model_config
 from training_ext.engine.distributed import wrap_for_processes
 from training_ext.engine.loop import TrainState, train
 from training_ext.engine.optim import create_optimizer, create_scaler, create_scheduler
@@ -85,6 +86,7 @@ def run_training(stage: TrainingStage, args, device: torch.device, writer) -> Tr
     """The whole training run of ``stage`` from parsed flags; returns the final state."""
     seed_everything(args.seed)
     models = stage.build_models(args, device)
+    apply_cope_impl(args, models.model, device)
     if args.grad_checkpointing:
         models.model.set_grad_checkpointing()
     seed_everything(args.seed + args.rank)

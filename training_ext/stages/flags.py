@@ -15,6 +15,8 @@ DISTILL_LOSSES = ("cosine", "mse", "l2")
 SHORT_CAPTION_LOSSES = ("clip", "pcm")
 DEFAULT_PCM_COMPONENTS = 32  # Long-CLIP's k
 POSITIONS = ("rope", "cope")
+# open_clip_ext.kernels.dispatch.COPE_IMPLS, spelt out because this module imports no torch (tests check they agree)
+COPE_IMPLS = ("function", "torch", "triton", "autograd")
 # Spellings of older open_clip releases still found in scripts.
 _OLD_OPEN_CLIP = {"--openai-pretrained": "old open_clip spelling: give --pretrained openai",
                   "--norm_gradient_clip": "old open_clip spelling: give --grad-clip-norm"}
@@ -40,6 +42,16 @@ def _position_flag(group, entry_position: str) -> None:
         "--position", choices=POSITIONS, default=None,
         help=f"Relative positions of a student built from a base --model (TULIP's form); default {entry_position} "
              f"(this entry point's). With a RoPE/CoPE --model it must agree.")
+
+
+def _cope_impl_flag(group) -> None:
+    group.add_argument(
+        "--cope-impl", choices=COPE_IMPLS, default=None,
+        help="CoPE attention of a CoPE model. Default ('function'): the memory-lean PyTorch op on every device, "
+             "or the fused Triton kernels when OPEN_CLIP_EXT_COPE_IMPL=triton. 'torch': the PyTorch op whatever "
+             "the environment. 'triton': the fused Triton kernels, CUDA only and opt-in until they pass `make "
+             "gpu-check`; refused before any model is built where Triton does not import, the device is not CUDA "
+             "or with --torchcompile. 'autograd': op by op (for checks). The run logs which one runs.")
 
 
 def _other_stage_flags(this: StageFlags, other: StageFlags) -> Dict[str, str]:
@@ -91,6 +103,7 @@ class DistillFlags(StageFlags):
                  "similarity), mse (mean squared error) or l2 (mean euclidean distance), or a weighted sum such "
                  "as 'cosine=1,mse=0.5'. Default: cosine.")
         _position_flag(group, self.position)
+        _cope_impl_flag(group)
         tulip_form.add_spellings(parser, self.name)
 
     def foreign_flags(self) -> Dict[str, str]:
@@ -115,6 +128,7 @@ class DistillFlags(StageFlags):
         text = (student or {}).get("text_cfg")
         if text is not None:
             self._check_student(args, student, teacher, preflight)
+        preflight.check_cope_impl(args, student, self.error)
         preflight.check_weights(args.model, args.pretrained, "--pretrained", self.error)
         if args.teacher_model:
             preflight.check_weights(args.teacher_model, args.teacher_pretrained, "--teacher-pretrained", self.error)
@@ -207,6 +221,7 @@ class FinetuneFlags(StageFlags):
             help="Fine-tune a stock CLIP text tower (learned absolute positions, 77 tokens) as it is; without this "
                  "flag stage 2 refuses one, since that is not TULIP's stage 2.")
         _position_flag(group, self.position)
+        _cope_impl_flag(group)
         tulip_form.add_spellings(parser, self.name)
 
     def foreign_flags(self) -> Dict[str, str]:
@@ -240,6 +255,7 @@ class FinetuneFlags(StageFlags):
         text = (config or {}).get("text_cfg")
         if text is not None:
             self._check_model(args, text, preflight)
+        preflight.check_cope_impl(args, config, self.error)
         preflight.check_weights(args.model, args.pretrained, "--pretrained", self.error)
         args.pretrained = args.pretrained or ""
         if args.student_checkpoint:

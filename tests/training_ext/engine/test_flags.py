@@ -117,6 +117,47 @@ def test_torchcompile_is_accepted_for_rope_and_cope_towers(data):
     assert main_distill_cope.parse_args(cope).torchcompile
 
 
+def test_cope_impl_is_checked_against_the_model_and_machine_before_anything_is_built(capsys, data, monkeypatch):
+    """The Triton kernels are opt-in (--cope-impl triton, or OPEN_CLIP_EXT_COPE_IMPL=triton where the flag is not
+    given); a request that cannot run here, or the flag on a tower without CoPE, is one error line with the fix."""
+    from open_clip_ext.kernels import dispatch
+    from training_ext.stages import flags
+
+    assert flags.COPE_IMPLS == dispatch.COPE_IMPLS  # spelt out twice: flags.py imports no torch
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    parse1, parse2 = main_distill_cope.parse_args, main_context_finetune_cope.parse_args
+    cope1, cope2 = _stage1(data, "--model", "tiny-clip-cope-248"), _stage2(data, "--model", "tiny-clip-cope-248")
+    assert parse1(cope1).cope_impl is None  # the library's default: the PyTorch op
+    assert parse2(cope2 + ["--cope-impl", "autograd"]).cope_impl == "autograd"
+    message = _error(capsys, parse1, cope1 + ["--cope-impl", "triton", "--device", "cpu"])
+    assert message.startswith("--cope-impl triton: ") and message.endswith("use --cope-impl torch")
+    if dispatch.triton_problem() is None:  # with Triton installed, what stops it is the device
+        assert "CUDA only, not on cpu" in message
+    assert "--cope-impl triton with --torchcompile" in _error(capsys, parse2, cope2 + ["--cope-impl", "triton",
+                                                                                         "--torchcompile"])
+    message = _error(capsys, main_distill_rope.parse_args, _stage1(data, "--cope-impl", "torch"))
+    assert "--cope-impl torch applies to CoPE text towers" in message and "RoPE positions" in message
+    message = _error(capsys, parse2, cope2 + ["--cope-impl", "flash"])
+    assert "--cope-impl" in message and "'flash'" in message
+    monkeypatch.setenv(dispatch.ENV_VAR, "flash")
+    assert f"{dispatch.ENV_VAR}='flash'" in _error(capsys, parse2, cope2)
+    assert parse2(cope2 + ["--cope-impl", "torch"]).cope_impl == "torch"  # the flag wins over the environment
+    monkeypatch.setenv(dispatch.ENV_VAR, "triton")
+    assert _error(capsys, parse1, cope1 + ["--device", "cpu"]).startswith(f"{dispatch.ENV_VAR}=triton: ")
+
+
+@pytest.mark.slow  # one training step
+def test_cope_impl_reaches_the_student_and_the_run_log_names_it(data, monkeypatch):
+    monkeypatch.delenv("OPEN_CLIP_EXT_COPE_IMPL", raising=False)
+    argv = _stage1(data, "--model", "tiny-clip-cope-248", "--cope-impl", "autograd", "--batch-size", "4",
+                   "--epochs", "1", "--device", "cpu", "--precision", "fp32", "--workers", "0", "--dataset-type", "csv")
+    state = main_distill_cope.run(main_distill_cope.parse_args(argv))
+    assert {block.attn.cope_impl for block in state.model.text.transformer.resblocks} == {"autograd"}
+    log = (Path(data["logs"]) / "run" / "out.log").read_text()
+    assert log.count("CoPE attention: ") == 1
+    assert "CoPE attention: op by op through autograd, CoPE.forward (--cope-impl autograd)" in log
+
+
 def test_unknown_model_names_give_close_matches(capsys, data):
     message = _error(capsys, main_distill_rope.parse_args, _stage1(data, "--model", "tiny-clip-rope-24"))
     assert "--model tiny-clip-rope-24" in message and "tiny-clip-rope-248" in message
