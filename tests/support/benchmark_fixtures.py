@@ -260,13 +260,17 @@ def make_iiw(root: str, counts=(2, 3, 2), seed: int = 7):
 
 def make_dci(root: str, splits=(("train", 4), ("valid", 1), ("test", 2)), unlisted: int = 1, seed: int = 8):
     """dci/densely_captioned_images/{splits.json, annotations/<id>.json, photos/sa_<id>.jpg}. One entry has an
-    empty extra_caption and one has both captions empty (the peers keep them); `unlisted` annotation files are
-    not in splits.json (the peers never read them). Returns (root, expected LoTLIP, expected FG-CLIP, unlisted
-    annotation paths)."""
+    empty extra_caption and one has both captions empty (the peers keep them); `unlisted` annotation files (with
+    their photos) are not in splits.json: LoTLIP and FLAIR never read them, FG-CLIP's folder listing does.
+
+    Returns (root, expected LoTLIP, expected listed files with the extra caption, expected FG-CLIP, unlisted
+    annotation paths). FG-CLIP's expected pairs are every annotation file in name order (its reader lists the
+    folder; this project sorts the listing)."""
     rng = random.Random(seed)
     base = os.path.join(root, "dci", "densely_captioned_images")
     os.makedirs(os.path.join(base, "annotations"))
-    split_lists, lotlip, fgclip, paths = {}, [], [], []
+    split_lists, lotlip, extra_only, paths = {}, [], [], []
+    by_file = {}  # annotation file name -> (photo path, extra caption)
     index = 0
     for split, count in splits:
         split_lists[split] = []
@@ -286,44 +290,106 @@ def make_dci(root: str, splits=(("train", 4), ("valid", 1), ("test", 2)), unlist
             paths.append(os.path.join(base, "photos", image))
             write_image(paths[-1], rng)
             lotlip.append(". ".join(short + extra))
-            fgclip.append(extra_text)
+            extra_only.append(extra_text)
+            by_file[file_name] = (paths[-1], extra_text)
             index += 1
     skipped = []
     for n in range(unlisted):
-        skipped.append(os.path.join(base, "annotations", f"{999000 + n}-data.json"))
+        file_name, image, extra_text = f"{999000 + n}-data.json", f"sa_{9000 + n}.jpg", f"unlisted extra {n}."
+        skipped.append(os.path.join(base, "annotations", file_name))
         with open(skipped[-1], "w") as f:
-            json.dump({"image": "sa_9.jpg", "short_caption": "x.", "extra_caption": "y."}, f)
+            json.dump({"image": image, "short_caption": "x.", "extra_caption": extra_text}, f)
+        write_image(os.path.join(base, "photos", image), rng)
+        by_file[file_name] = (os.path.join(base, "photos", image), extra_text)
     with open(os.path.join(base, "splits.json"), "w") as f:
         json.dump(split_lists, f)
     order = list(range(len(paths)))
+    listing = sorted(by_file)
     return (os.path.join(root, "dci"),
             {"image_paths": paths, "captions": lotlip, "caption_image": order},
-            {"image_paths": paths, "captions": fgclip, "caption_image": order}, skipped)
+            {"image_paths": paths, "captions": extra_only, "caption_image": order},
+            {"image_paths": [by_file[name][0] for name in listing], "captions": [by_file[name][1] for name in listing],
+             "caption_image": list(range(len(listing)))},
+            skipped)
+
+
+def make_iiw_flair(root: str, sentences=(3, 1, 4, 2), seed: int = 10):
+    """FLAIR's IIW file in its format (ExplainableML/flair@0f9ce05 datasets/imageinwords/test_annotations.json):
+    {"annotations": [{"image_id", "image", "caption", "caption_id"}]}, one entry per sentence, image paths relative
+    to the file's folder (docci/, docci_aar/, dci/), image_id in order of first appearance. Expected: images in
+    that order, every sentence a caption of its image."""
+    rng = random.Random(seed)
+    base = os.path.join(root, "imageinwords-flair")
+    folders = ("docci", "docci_aar", "dci", "dci")
+    names = ("test_00731.jpg", "aar_test_04600.jpg", "sa_1545038.jpg", "sa_1545118.jpg")
+    annotations, expected = [], {"image_paths": [], "captions": [], "caption_image": []}
+    for image_id, (folder, name, count) in enumerate(zip(folders, names, sentences)):
+        relative = f"{folder}/{name}"
+        expected["image_paths"].append(os.path.join(base, folder, name))
+        write_image(expected["image_paths"][-1], rng)
+        for _ in range(count):
+            caption = f"Sentence {len(annotations)} of image {image_id} shows " + " ".join(
+                rng.choice(WORDS) for _ in range(rng.randint(2, 9)))
+            annotations.append({"image_id": image_id, "image": relative, "caption": caption,
+                                "caption_id": len(annotations)})
+            expected["captions"].append(caption)
+            expected["caption_image"].append(image_id)
+    json_path = os.path.join(base, "test_annotations.json")
+    with open(json_path, "w") as f:
+        json.dump({"annotations": annotations}, f, indent=4)
+    return json_path, expected
 
 
 def make_coco_karpathy(root: str, seed: int = 9):
     """Karpathy's dataset_coco.json (splits train/restval/val/test, cocoids out of order, one test image with 7
-    sentences) and the val2014/ images of the test split. Expected: test images in cocoid order, all captions."""
+    sentences), the val2014/ images of the test split, and COCO's annotations/captions_val2014.json for the val2014
+    images (the test ones and the val one), its annotations interleaved across images.
+
+    Karpathy's raw sentences repeat COCO's captions except two test captions that COCO writes differently (a
+    trailing space, a double space), and one test image lists its sentences in reverse annotation order.
+    Returns (json path, expected from raw, {"path": captions_val2014.json, "expected": expected from COCO's captions,
+    "differing": 2})."""
     rng = random.Random(seed)
     base = os.path.join(root, "coco-karpathy")
     specs = [("train", 11, 5), ("test", 391895, 5), ("restval", 5, 5), ("test", 42, 7), ("val", 77, 5),
              ("test", 1000, 5), ("test", 9, 6)]
-    images = []
+    differs = {(391895, 1): lambda raw: raw + " ", (42, 6): lambda raw: raw.replace(" ", "  ", 1)}
+    images, coco_captions_of = [], {}
     for imgid, (split, cocoid, sentences) in enumerate(specs):
         folder = "train2014" if split == "train" else "val2014"
         filename = f"COCO_{folder}_{cocoid:012d}.jpg"
         raws = [caption_text(rng, cocoid, rng.choice((5, 11))) for _ in range(sentences)]
+        if folder == "val2014":
+            coco_captions_of[(cocoid, filename)] = [
+                differs[(cocoid, n)](raw) if (cocoid, n) in differs else raw
+                for n, raw in enumerate(raws)]
+        karpathy_order = raws[::-1] if cocoid == 1000 else raws
         images.append({"filepath": folder, "filename": filename, "imgid": imgid, "split": split, "cocoid": cocoid,
                        "sentids": list(range(sentences)),
                        "sentences": [{"raw": raw, "tokens": raw.split(), "imgid": imgid, "sentid": n}
-                                     for n, raw in enumerate(raws)]})
+                                     for n, raw in enumerate(karpathy_order)]})
         if split == "test":
             write_image(os.path.join(base, folder, filename), rng)
     json_path = os.path.join(base, "dataset_coco.json")
     with open(json_path, "w") as f:
         json.dump({"dataset": "coco", "images": images}, f)
+    coco_images = [{"id": cocoid, "file_name": filename, "height": 24, "width": 24}
+                   for cocoid, filename in coco_captions_of]
+    annotations = []
+    for round_index in range(7):  # caption 0 of every image, then caption 1, ...: COCO's order is per annotation
+        for (cocoid, _), captions in coco_captions_of.items():
+            if round_index < len(captions):
+                annotations.append({"image_id": cocoid, "id": 100 + len(annotations), "caption": captions[round_index]})
+    captions_path = os.path.join(base, "annotations", "captions_val2014.json")
+    os.makedirs(os.path.dirname(captions_path))
+    with open(captions_path, "w") as f:
+        json.dump({"info": {}, "licenses": [], "images": coco_images, "annotations": annotations}, f)
     test = sorted((image for image in images if image["split"] == "test"), key=lambda image: image["cocoid"])
-    expected = {"image_paths": [os.path.join(base, image["filepath"], image["filename"]) for image in test],
+    image_paths = [os.path.join(base, image["filepath"], image["filename"]) for image in test]
+    expected = {"image_paths": image_paths,
                 "captions": [s["raw"] for image in test for s in image["sentences"]],
                 "caption_image": [i for i, image in enumerate(test) for _ in image["sentences"]]}
-    return json_path, expected
+    coco_test = [coco_captions_of[(image["cocoid"], image["filename"])] for image in test]
+    expected_coco = {"image_paths": image_paths, "captions": [c for captions in coco_test for c in captions],
+                     "caption_image": [i for i, captions in enumerate(coco_test) for _ in captions]}
+    return json_path, expected, {"path": captions_path, "expected": expected_coco, "differing": len(differs)}

@@ -2,27 +2,21 @@
 encoded one item at a time, without DataLoader, batching or the one-pass tokenizer."""
 
 
-def naive_rank(scores, is_positive, tie_rule="against"):
-    """Position of the first positive after sorting by score.
-
-    tie_rule "against": among equal scores negatives come first. "peer": Python's stable sort by
-    descending score alone, so among equal scores the lower index comes first (the peers' argsort).
-    """
-    if tie_rule == "against":
-        order = sorted(range(len(scores)), key=lambda j: (-scores[j], is_positive[j]))
-    else:
-        order = sorted(range(len(scores)), key=lambda j: -scores[j])
+def naive_rank(scores, is_positive, optimistic=False):
+    """Position of the first positive after sorting by descending score, with equal scores ordered negatives
+    first (ties against the model) or, optimistic, positives first (ties in its favour)."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], is_positive[j] != optimistic))
     return next(position for position, j in enumerate(order) if is_positive[j])
 
 
-def naive_metrics(similarity, caption_image, ks=(1, 5, 10), tie_rule="against"):
+def naive_metrics(similarity, caption_image, ks=(1, 5, 10), optimistic=False):
     """Recall@k from a full similarity matrix (images x captions) with plain Python loops."""
     sim = similarity.tolist()
     num_images, num_captions = len(sim), len(sim[0])
-    image_ranks = [naive_rank(sim[i], [caption_image[c] == i for c in range(num_captions)], tie_rule)
+    image_ranks = [naive_rank(sim[i], [caption_image[c] == i for c in range(num_captions)], optimistic)
                    for i in range(num_images)]
     text_ranks = [naive_rank([sim[i][c] for i in range(num_images)], [caption_image[c] == i for i in range(num_images)],
-                             tie_rule)
+                             optimistic)
                   for c in range(num_captions)]
     metrics = {}
     for direction, ranks in (("image_to_text", image_ranks), ("text_to_image", text_ranks)):

@@ -14,8 +14,8 @@ from support.benchmark_fixtures import (make_coco, make_flickr30k, make_imagenet
 
 
 def _as_dict(retrieval_set):
-    """The three lists a reader must get right (skipped files are checked where a protocol skips any)."""
-    return {key: value for key, value in asdict(retrieval_set).items() if key != "skipped"}
+    """The three lists a reader must get right (skipped files and notes are checked where a protocol has any)."""
+    return {key: value for key, value in asdict(retrieval_set).items() if key not in ("skipped", "notes")}
 
 
 def test_urban1k_reads_first_caption_line(tmp_path):
@@ -120,7 +120,8 @@ def test_imagenet_rejects_non_wnid_folders(tmp_path):
 
 def test_registry_names_protocols_apart():
     assert {"urban1k", "sharegpt4v-1k", "sharegpt4v-10k", "sharegpt4v-1k-lotlip", "sharegpt4v-10k-lotlip",
-            "long-dci", "dci-lotlip", "dci-fgclip", "docci", "docci-goal", "iiw", "coco-5k", "coco-karpathy-5k",
+            "long-dci", "dci-lotlip", "dci-fgclip", "dci-extra-caption", "docci", "docci-goal", "iiw", "iiw-flair",
+            "coco-5k", "coco-karpathy-5k",
             "flickr30k-karpathy-1k", "flickr30k-full-31k", "imagenet"} == set(BENCHMARKS)
     names = [b.protocol_name for b in BENCHMARKS.values()]
     assert len(set(names)) == len(names)

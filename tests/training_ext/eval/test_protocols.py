@@ -4,22 +4,26 @@ checked against the fixture's own bookkeeping; the pairing checks; the protocol 
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict
 
 import pytest
+import torch
 
-from training_ext.eval.datasets import (BENCHMARKS, BenchmarkError, lotlip_normalise, read_coco_karpathy,
-                                        read_dci_fgclip, read_dci_lotlip, read_docci_goal, read_docci_test,
-                                        read_iiw, read_sharegpt4v_lotlip, read_urban1k)
+from training_ext.eval.datasets import (BENCHMARKS, CHECKED, BenchmarkError, lotlip_normalise, read_coco_karpathy,
+                                        read_dci_extra_caption, read_dci_fgclip, read_dci_lotlip, read_docci_goal,
+                                        read_docci_test, read_iiw, read_iiw_flair, read_sharegpt4v_lotlip,
+                                        read_urban1k)
 from training_ext.eval.protocol_card import dataset_card, format_card, image_keys, model_card
 
-from support.benchmark_fixtures import (make_coco_karpathy, make_dci, make_docci, make_iiw, make_sharegpt4v,
-                                        make_urban1k)
+from support.benchmark_fixtures import (make_coco_karpathy, make_dci, make_docci, make_iiw, make_iiw_flair,
+                                        make_sharegpt4v, make_urban1k)
 
 
 def lists(retrieval_set):
-    return {key: value for key, value in asdict(retrieval_set).items() if key != "skipped"}
+    """The three lists a reader must get right (skipped files and notes are checked where a protocol has any)."""
+    return {key: value for key, value in asdict(retrieval_set).items() if key not in ("skipped", "notes")}
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -80,21 +84,85 @@ def test_iiw_names_a_row_without_image_key(tmp_path):
         read_iiw(root)
 
 
-def test_dci_as_lotlip_and_as_fgclip(tmp_path):
-    root, expected_lotlip, expected_fgclip, unlisted = make_dci(str(tmp_path))
-    lotlip, fgclip = read_dci_lotlip(root), read_dci_fgclip(root)
+def test_dci_as_lotlip_as_fgclip_and_with_the_extra_caption(tmp_path):
+    root, expected_lotlip, expected_extra, expected_fgclip, unlisted = make_dci(str(tmp_path))
+    lotlip, extra, fgclip = read_dci_lotlip(root), read_dci_extra_caption(root), read_dci_fgclip(root)
     assert lists(lotlip) == expected_lotlip
-    assert lists(fgclip) == expected_fgclip
-    # the annotation file splits.json does not list is left out, as by the peers, and named
-    assert lotlip.skipped == unlisted and fgclip.skipped == unlisted
+    assert lists(extra) == expected_extra
+    # the annotation file splits.json does not list is left out by LoTLIP's reader, and named
+    assert lotlip.skipped == unlisted and extra.skipped == unlisted
+    # FG-CLIP's reader lists annotations/: the unlisted file is a pair too (8 where LoTLIP's list gives 7)
+    assert lists(fgclip) == expected_fgclip and fgclip.skipped == []
+    assert (len(fgclip.captions), len(lotlip.captions)) == (8, 7)
     # blank captions are kept (the peers tokenize them) and counted in the card
     assert dataset_card(BENCHMARKS["dci-lotlip"], lotlip)["blank_captions"] == 1
-    assert dataset_card(BENCHMARKS["dci-fgclip"], fgclip)["blank_captions"] == 2
-    assert dataset_card(BENCHMARKS["dci-fgclip"], fgclip)["skipped_files"] == 1
+    card = dataset_card(BENCHMARKS["dci-fgclip"], fgclip)
+    assert (card["blank_captions"], card["skipped_files"]) == (2, 0)
+    # the folder's size is not fixed by FG-CLIP's reader, so no count is promised
+    assert card["protocol"] == "dci-annotations-fgclip" and card["release_counts"] is None
+    assert "224x224" in card["image_transform"] and "b08f665" in card["follows"]
+    assert card["notes"] == ["annotation files: all 8 entries of annotations/ (FG-CLIP lists the folder; "
+                             "splits.json is not read), in name order"]
+    assert dataset_card(BENCHMARKS["dci-lotlip"], lotlip)["image_transform"].startswith("none")
+
+
+def test_fgclip_dci_stops_on_an_entry_that_is_not_an_annotation(tmp_path):
+    root, *_ = make_dci(str(tmp_path))
+    stray = os.path.join(root, "densely_captioned_images", "annotations", "README.txt")
+    with open(stray, "w") as f:
+        f.write("not json")
+    with pytest.raises(BenchmarkError, match=r"README\.txt.*move what is not a DCI annotation file out"):
+        read_dci_fgclip(root)
+    assert len(read_dci_lotlip(root).captions) == 7  # LoTLIP's reader never opens it
+
+
+def test_fgclip_resize_comes_before_the_models_preprocess(tmp_path):
+    """FG-CLIP@b08f665 dci_retrieval.py: image.resize((224, 224)) (PIL's default filter, bicubic) and then its
+    processor. The evaluation's image pipeline must give exactly that, and differ from the plain preprocess on a
+    photo that is not square."""
+    import open_clip
+    from PIL import Image
+    from types import SimpleNamespace
+    from training_ext.eval.runner import image_preprocess
+    preprocess = open_clip.image_transform(64, is_train=False)
+    photo = Image.new("RGB", (90, 30))
+    for x in range(90):
+        photo.putpixel((x, x % 30), (255, 3 * x % 256, 0))
+    loaded = SimpleNamespace(preprocess=preprocess)
+    expected = preprocess(photo.resize((224, 224)))
+    assert torch.equal(image_preprocess(loaded, BENCHMARKS["dci-fgclip"])(photo), expected)
+    assert not torch.equal(preprocess(photo), expected)
+    assert image_preprocess(loaded, BENCHMARKS["dci-lotlip"]) is preprocess
+
+
+def test_iiw_as_flair_reads_one_caption_per_sentence(tmp_path):
+    json_path, expected = make_iiw_flair(str(tmp_path), sentences=(3, 1, 4, 2))
+    result = read_iiw_flair(json_path)
+    assert lists(result) == expected
+    card = dataset_card(BENCHMARKS["iiw-flair"], result)
+    assert (card["protocol"], card["num_images"], card["num_captions"]) == ("iiw-612-sentences-flair", 4, 10)
+    assert card["release_counts"] == [612, 6204] and card["normalisation"].startswith("none")
+    assert "0f9ce05" in card["follows"] and "finegrained" in card["follows"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda rows: rows[2].update(caption_id=7), r"annotations\[2\]: caption_id 7, expected 2"),
+    (lambda rows: rows[4].update(image="dci/sa_1545038.jpg"),
+     r"annotations\[4\]: image_id 1 names 'dci/sa_1545038.jpg', but an earlier entry gave it 'docci_aar/"),
+    (lambda rows: rows[4].pop("caption"), r"annotations\[4\]: expected 'image_id', 'image', 'caption'"),
+    (lambda rows: rows[6].update(image="dci/sa_1545038.jpg"), r"sa_1545038\.jpg appear under more than one image_id"),
+])
+def test_iiw_as_flair_stops_on_a_malformed_file(tmp_path, change, message):
+    json_path, _ = make_iiw_flair(str(tmp_path), sentences=(3, 2, 1, 1))
+    data = json.load(open(json_path))
+    change(data["annotations"])
+    json.dump(data, open(json_path, "w"))
+    with pytest.raises(BenchmarkError, match=message):
+        read_iiw_flair(json_path)
 
 
 def test_dci_stops_on_a_listed_annotation_that_is_missing(tmp_path):
-    root, expected, _, _ = make_dci(str(tmp_path))
+    root, *_ = make_dci(str(tmp_path))
     annotation = os.path.join(root, "densely_captioned_images", "annotations", "112958-data.json")
     os.remove(annotation)
     with pytest.raises(BenchmarkError, match=r"1 of 7 annotation files listed in .*splits\.json are missing.*112958"):
@@ -111,10 +179,33 @@ def test_sharegpt4v_sam_subsets_with_lotlip_normalisation(tmp_path):
 
 
 def test_coco_karpathy_test_split_with_all_captions(tmp_path):
-    json_path, expected = make_coco_karpathy(str(tmp_path))
+    json_path, expected, coco = make_coco_karpathy(str(tmp_path))
     result = read_coco_karpathy(json_path)
     assert lists(result) == expected
     assert len(result.image_paths) == 4 and len(result.captions) == 5 + 7 + 5 + 6
+    assert "not compared" in result.notes[0]
+    # clip_benchmark's text: COCO's captions of the same images, each image's in annotation order
+    with_coco = read_coco_karpathy(json_path, captions_path=coco["path"])
+    assert lists(with_coco) == coco["expected"] and with_coco.captions != result.captions
+    # a reordering is not a difference; the trailing space and the double space are
+    assert with_coco.notes == [f"captions: COCO's captions_val2014.json (clip_benchmark's text); {coco['differing']} "
+                               f"of 23 are not repeated verbatim by Karpathy's sentences[].raw"]
+
+
+def test_coco_karpathy_stops_when_the_coco_file_lacks_a_test_image(tmp_path):
+    json_path, _, coco = make_coco_karpathy(str(tmp_path))
+    data = json.load(open(coco["path"]))
+    data["images"] = [image for image in data["images"] if image["id"] != 42]
+    json.dump(data, open(coco["path"], "w"))
+    with pytest.raises(BenchmarkError, match=r"1 of 4 Karpathy test images are not in it.*COCO_val2014_000000000042"):
+        read_coco_karpathy(json_path, captions_path=coco["path"])
+
+
+def test_every_checked_protocol_names_a_peer_commit():
+    for benchmark in BENCHMARKS.values():
+        if benchmark.verified.startswith(CHECKED):
+            assert re.search(r"@[0-9a-f]{7}", benchmark.peer), benchmark.name
+    assert "LoTLIP@7aa4447" in BENCHMARKS["iiw"].peer and "b3a369c" not in BENCHMARKS["dci-lotlip"].peer
 
 
 def test_urban1k_stops_on_an_unpaired_file_in_either_direction(tmp_path):
@@ -159,48 +250,71 @@ def test_card_sha256_is_stable_and_sees_a_one_caption_change(tmp_path):
     assert dataset_card(BENCHMARKS["urban1k"], read_urban1k(second))["sha256"] != card["sha256"]
 
 
-def test_card_names_protocol_counts_context_cut_tie_rule_and_precision(tmp_path):
+def test_card_names_protocol_counts_context_cut_ties_and_precision(tmp_path):
     root, expected = make_iiw(str(tmp_path))
     data = read_iiw(root)
-    card = model_card(dataset_card(BENCHMARKS["iiw"], data), [10, 80, 100, 77, 300, 5, 6], 77, "peer", "amp_bf16")
-    assert card["protocol"] == "iiw-612-lotlip" and "LoTLIP" in card["follows"]
+    ties = {"image_to_text": {"queries": 7, "queries_with_tied_negatives": 2,
+                              "R@1": {"reported": 100 * 3 / 7, "optimistic": 100 * 5 / 7, "decided_by_ties": 2}},
+            "text_to_image": {"queries": 7, "queries_with_tied_negatives": 0,
+                              "R@1": {"reported": 100 * 4 / 7, "optimistic": 100 * 4 / 7, "decided_by_ties": 0}}}
+    card = model_card(dataset_card(BENCHMARKS["iiw"], data), [10, 80, 100, 77, 300, 5, 6], 77, "against",
+                      "amp_bf16", ties)
+    assert card["protocol"] == "iiw-612-lotlip" and "LoTLIP@7aa4447" in card["follows"]
+    assert card["verified"] == CHECKED and card["image_transform"].startswith("none")
     assert (card["num_images"], card["num_captions"]) == (7, 7)
     assert card["release_counts"] == [612, 612] and card["matches_release"] is False
     assert card["captions_over_context"] == 3 and card["mean_tokens_cut"] == pytest.approx((3 + 23 + 223) / 3)
-    assert (card["tie_rule"], card["precision"]) == ("peer", "amp_bf16")
+    assert (card["tie_rule"], card["ties"], card["precision"]) == ("against", ties, "amp_bf16")
     assert "split on newlines" in card["normalisation"]
     text = format_card(card, "tiny-clip")
     for fragment in ("iiw-612-lotlip", "7 images, 7 captions", "NOT the full set", card["sha256"],
-                     "3 captions longer", "peer", "amp_bf16"):
+                     "3 captions longer", "against", "amp_bf16", CHECKED,
+                     "I2T R@1 42.86 (ties allow up to 71.43: 2 of 7 queries tied at the decisive rank)",
+                     "T2I R@1 57.14 (no query decided by a tie)"):
         assert fragment in text
     assert image_keys(data.image_paths)[0] == "docci/test_01427.jpg"
 
 
-def test_new_protocols_end_to_end_under_the_peer_rule(tmp_path, capsys):
+def test_new_protocols_end_to_end_with_tie_bounds(tmp_path, capsys):
     from training_ext.eval.runner import main
     from support.naive_retrieval import build_model, naive_image_features, naive_metrics, naive_text_features
 
     docci, docci_test, _ = make_docci(str(tmp_path))
     iiw, iiw_expected = make_iiw(str(tmp_path))
-    dci, dci_expected, _, _ = make_dci(str(tmp_path))
-    coco_json, coco_expected = make_coco_karpathy(str(tmp_path))
+    flair_json, flair_expected = make_iiw_flair(str(tmp_path))
+    dci, dci_expected, _, fgclip_expected, _ = make_dci(str(tmp_path))
+    coco_json, _, coco = make_coco_karpathy(str(tmp_path))
     out = tmp_path / "out"
-    main(["--model", "tiny-clip-rope-248", "--docci", docci, "--iiw", iiw, "--dci-lotlip", dci,
-          "--coco-karpathy-5k", coco_json, "--tie-rule", "peer", "--output-dir", str(out), "--workers", "0",
-          "--no-progress"])
+    main(["--model", "tiny-clip-rope-248", "--docci", docci, "--iiw", iiw, "--iiw-flair", flair_json,
+          "--dci-lotlip", dci, "--dci-fgclip", dci, "--coco-karpathy-5k", coco_json,
+          "--coco-karpathy-captions", coco["path"], "--output-dir", str(out), "--workers", "0", "--no-progress"])
     results = {r["benchmark"]: r for r in json.loads((out / "results.json").read_text())["results"]}
     model, preprocess, tokenizer = build_model("tiny-clip-rope-248")
-    for name, expected in (("docci", docci_test), ("iiw", iiw_expected), ("dci-lotlip", dci_expected),
-                           ("coco-karpathy-5k", coco_expected)):
-        similarity = (naive_image_features(model, preprocess, expected["image_paths"])
+
+    def fgclip_preprocess(image):  # FG-CLIP's resize to 224x224 (PIL's default filter), then the model's own
+        return preprocess(image.resize((224, 224)))
+
+    for name, expected, image_preprocess in (
+            ("docci", docci_test, preprocess), ("iiw", iiw_expected, preprocess),
+            ("iiw-flair", flair_expected, preprocess), ("dci-lotlip", dci_expected, preprocess),
+            ("dci-fgclip", fgclip_expected, fgclip_preprocess), ("coco-karpathy-5k", coco["expected"], preprocess)):
+        similarity = (naive_image_features(model, image_preprocess, expected["image_paths"])
                       @ naive_text_features(model, tokenizer, expected["captions"]).t())
-        metrics, _, _ = naive_metrics(similarity, expected["caption_image"], tie_rule="peer")
+        metrics, _, _ = naive_metrics(similarity, expected["caption_image"])
+        optimistic, _, _ = naive_metrics(similarity, expected["caption_image"], optimistic=True)
         result = results[name]
         assert result["metrics"] == pytest.approx(metrics, abs=1e-6), name
+        for direction in ("image_to_text", "text_to_image"):
+            for k in (1, 5, 10):
+                entry = result["ties"][direction][f"R@{k}"]
+                assert entry["reported"] == pytest.approx(metrics[f"{direction}_R@{k}"], abs=1e-6), name
+                assert entry["optimistic"] == pytest.approx(optimistic[f"{direction}_R@{k}"], abs=1e-6), name
         card = result["protocol_card"]
         assert (card["num_images"], card["num_captions"]) == (len(expected["image_paths"]), len(expected["captions"]))
-        assert card["tie_rule"] == result["tie_rule"] == "peer" and card["matches_release"] is False
+        assert card["tie_rule"] == result["tie_rule"] == "against" and card["ties"] == result["ties"]
+    assert results["coco-karpathy-5k"]["protocol_card"]["notes"][0].startswith("captions: COCO's captions_val2014")
     printed = capsys.readouterr()
-    assert printed.out.count("protocol card:") == 4 and "docci-test-5k" in printed.out
+    assert printed.out.count("protocol card:") == 6 and "docci-test-5k" in printed.out
+    assert "image transform: resized to 224x224" in printed.out
     assert "warning: iiw: the full release has 612 images" in printed.err
     assert "note: dci-lotlip: the protocol leaves out 1 file(s)" in printed.err
