@@ -15,14 +15,14 @@ from .configs import derive_config, register_variant, shipped_config_dir  # noqa
 from .rope import RotaryEmbedding, dynamic_ntk_theta  # noqa: E402
 from .cope import CoPE  # noqa: E402
 from .text_tower import RelPosTextTransformer  # noqa: E402
-from .tokens import EOT_TOKEN_ID, trim_padding, truncate_tokens  # noqa: E402
+from .tokens import token_layout, trim_padding, trims_padding_exactly, truncate_tokens  # noqa: E402
 from .configs import register_shipped_configs as _register_shipped_configs  # noqa: E402
 
 _register_shipped_configs()
 
 __version__ = "0.1.0"
 __all__ = [
-    "CheckpointError", "CoPE", "EOT_TOKEN_ID", "RelPosTextTransformer", "RotaryEmbedding", "convert_state_dict",
-    "derive_config", "dynamic_ntk_theta", "read_checkpoint", "register_variant", "shipped_config_dir",
-    "trim_padding", "truncate_tokens",
+    "CheckpointError", "CoPE", "RelPosTextTransformer", "RotaryEmbedding", "convert_state_dict", "derive_config",
+    "dynamic_ntk_theta", "read_checkpoint", "register_variant", "shipped_config_dir", "token_layout", "trim_padding",
+    "trims_padding_exactly", "truncate_tokens",
 ]

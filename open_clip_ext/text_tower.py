@@ -1,8 +1,8 @@
 """The CLIP text tower with relative positions: stock CLIP minus the absolute positional embedding.
 
-Token embedding -> N relative-position blocks (causal) -> ln_final -> pool at EOT -> text_projection.
-Causal attention plus EOT pooling make everything after the EOT token irrelevant, so a 77-token batch fed to a
-248-token model gives the same features as the same captions padded to 248.
+Token embedding -> N relative-position blocks (causal) -> ln_final -> pool at the end token -> text_projection.
+Causal attention plus end-token pooling make everything after the end token irrelevant, so a 77-token batch fed
+to a 248-token model gives the same features as the same captions padded to 248.
 """
 from typing import Callable, Dict, List, Optional, Union
 
@@ -12,8 +12,10 @@ from torch.utils.checkpoint import checkpoint
 from open_clip.transformer import lock_text_tower
 from open_clip.utils import feature_take_indices
 
-from .attention import COPE_IMPLS, RelPosResidualBlock
+from .attention import RelPosResidualBlock
+from .kernels.dispatch import COPE_IMPLS, triton_problem
 from .rope import RotaryEmbedding, dynamic_ntk_theta
+from .tokens import END_POOLING, pooled_positions
 
 
 class RelPosTransformer(nn.Module):
@@ -50,7 +52,13 @@ class RelPosTransformer(nn.Module):
 
 
 class RelPosTextTransformer(nn.Module):
-    """Drop-in replacement for ``open_clip.transformer.TextTransformer`` with RoPE or CoPE positions."""
+    """Drop-in replacement for ``open_clip.transformer.TextTransformer`` with RoPE or CoPE positions.
+
+    ``pool_type`` / ``eos_id`` as open_clip's ``CLIPTextCfg`` (eos_id default 2, read only by 'eos' pooling): the
+    end id is the tokenizer's, not CLIP's.
+    """
+
+    causal = True  # every block masks future keys (tokens.trims_padding_exactly reads it)
 
     def __init__(
             self,
@@ -69,7 +77,7 @@ class RelPosTextTransformer(nn.Module):
             cope_qk_norm: bool = True,
             cope_scale: str = "tulip",
             pool_type: str = "argmax",
-            eos_id: int = 49407,
+            eos_id: int = 2,
             proj_bias: bool = False,
             output_tokens: bool = False,
             act_layer: Callable = nn.GELU,
@@ -140,16 +148,24 @@ class RelPosTextTransformer(nn.Module):
                 or ".k_ln." in name]
 
     def set_cope_impl(self, impl: str = "function"):
-        """CoPE attention implementation of every layer: "function" (memory-lean, the default; fused Triton
-        kernels on CUDA when installed), "torch" (memory-lean, pure PyTorch everywhere) or "autograd" (op by
-        op, every (B, H, L, L) intermediate saved).
+        """CoPE attention implementation of every layer (not saved with the weights):
 
-        Raises ValueError for another name or on a RoPE tower. Not saved with the weights.
+        - "function" (the default): memory-lean; the PyTorch op, or the Triton kernels when the environment sets
+          ``OPEN_CLIP_EXT_COPE_IMPL=triton``;
+        - "torch": memory-lean, the pure-PyTorch op on every device;
+        - "triton": the fused Triton kernels (CUDA tensors, L <= 512; opt-in: they have not passed a GPU check);
+        - "autograd": op by op, every (B, H, L, L) intermediate saved (kept for checks).
+
+        The first eager forward logs which runs (``kernels/dispatch.py``). Raises ValueError for another name or on
+        a RoPE tower, RuntimeError for "triton" where Triton does not import (a non-CUDA input fails at forward).
         """
         if self.position != "cope":
             raise ValueError(f"set_cope_impl needs a CoPE tower, this one uses {self.position!r}")
         if impl not in COPE_IMPLS:
             raise ValueError(f"cope_impl must be one of {COPE_IMPLS}, got {impl!r}")
+        problem = triton_problem() if impl == "triton" else None
+        if problem:
+            raise RuntimeError(f"set_cope_impl('triton'): {problem}")
         for block in self.transformer.resblocks:
             block.attn.cope_impl = impl
 
@@ -176,10 +192,8 @@ class RelPosTextTransformer(nn.Module):
 
     def _pool_rows(self, text: torch.Tensor) -> torch.Tensor:
         """(B,) int64 index of the pooled token, as ``open_clip.transformer.text_global_pool`` picks it."""
-        if self.pool_type == "argmax":  # the EOT id is the largest in CLIP's vocabulary
-            return text.argmax(dim=-1)
-        if self.pool_type == "eos":
-            return (text == self.eos_id).int().argmax(dim=-1)
+        if self.pool_type in END_POOLING:
+            return pooled_positions(text, self.pool_type, self.eos_id)
         return torch.full(text.shape[:1], text.shape[-1] - 1, dtype=torch.long, device=text.device)
 
     def _pool(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

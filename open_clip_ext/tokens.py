@@ -1,37 +1,200 @@
-"""Token-id helpers for feeding one caption batch to towers of different context lengths."""
+"""Token ids as each tower's own tokenizer writes them, and the pooled row a text tower reads.
+
+Nothing here assumes a vocabulary: the special ids come from the open_clip tokenizer object (``SimpleTokenizer``:
+``sot_token_id`` / ``eot_token_id``, padding 0; ``HFTokenizer``: the transformers tokenizer it wraps) and the
+pooling rule from the tower (``pool_type``, ``eos_id``). CLIP's ids (49406 / 49407) are one case among others:
+MetaCLIP 2 worldwide ends a caption with ``</s>`` (XLM-V: id 2; mT5: id 1), and 49407 is an ordinary word piece
+there.
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
 import torch
+from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
-EOT_TOKEN_ID = 49407  # open_clip's SimpleTokenizer end-of-text id: also the largest id, which EOT pooling relies on
+# Any text works as the probe: the special ids are the ids around its own (see _hf_layout).
+_PROBE = "a"
+END_POOLING = ("argmax", "eos")  # pooling at an end token; "last" reads the last column, which trimming moves
 
 
-def truncate_tokens(ids: torch.Tensor, context_length: int = 77, eot_id: int = EOT_TOKEN_ID) -> torch.Tensor:
-    """Cut (B, L) token ids to ``context_length`` the way open_clip's tokenizer truncates.
+@dataclass(frozen=True)
+class TokenLayout:
+    """The special ids an open_clip tokenizer writes around a caption's own tokens.
 
-    The tokenizer keeps EOT as the last token of a truncated caption, so a caption that did not end inside
-    the first ``context_length`` tokens gets EOT at position ``context_length - 1``. This derives the 77-token
-    teacher input from the 248-token student input without tokenizing twice.
+    prefix / suffix: ids before / after the caption's tokens (CLIP: (49406,) / (49407,); XLM-V: (0,) / (2,);
+    mT5: () / (1,)); pad: the id written after the suffix up to the context length; cut_keeps_end: a caption
+    longer than the context keeps its first ``context - 1`` ids and gets ``end`` last (true of CLIP's tokenizer and
+    of transformers' right-side truncation with a one-token suffix), so its view at a shorter context can be cut
+    from its ids at a longer one (``truncate_tokens``).
+    """
+    prefix: Tuple[int, ...]
+    suffix: Tuple[int, ...]
+    pad: int
+    cut_keeps_end: bool
+
+    @property
+    def end(self) -> Optional[int]:
+        """The id that closes every caption (None when the tokenizer appends nothing)."""
+        return self.suffix[-1] if self.suffix else None
+
+    @property
+    def specials(self) -> int:
+        """How many ids of an untruncated caption are the tokenizer's, not the caption's."""
+        return len(self.prefix) + len(self.suffix)
+
+
+def _is_simple(tokenizer) -> bool:
+    return isinstance(tokenizer, SimpleTokenizer)
+
+
+def _hf_inner(tokenizer):
+    """The transformers tokenizer of an open_clip ``HFTokenizer`` in its standard mode; TypeError for any other
+    tokenizer (its special ids cannot be read)."""
+    if not isinstance(tokenizer, HFTokenizer):
+        raise TypeError(f"{type(tokenizer).__name__} is neither open_clip's SimpleTokenizer nor its HFTokenizer: "
+                        f"its special token ids are unknown")
+    if tokenizer.tokenizer_mode:
+        raise TypeError(f"HFTokenizer with tokenizer_mode={tokenizer.tokenizer_mode!r}: only the standard mode's "
+                        f"special ids can be read")
+    return tokenizer.tokenizer
+
+
+def _strip_sep(tokenizer, ids: Sequence[int]) -> List[int]:
+    """``ids`` as HFTokenizer returns them: with ``strip_sep_token`` every separator id becomes 0."""
+    if not tokenizer.strip_sep_token:
+        return list(ids)
+    return [0 if i == tokenizer.tokenizer.sep_token_id else i for i in ids]
+
+
+def _hf_layout(tokenizer) -> TokenLayout:
+    inner = _hf_inner(tokenizer)
+    full = inner(_PROBE)["input_ids"]
+    own = inner(_PROBE, add_special_tokens=False)["input_ids"]
+    start = next((k for k in range(len(full) - len(own) + 1) if full[k:k + len(own)] == own), None)
+    if start is None:
+        raise TypeError(f"{inner.name_or_path}: the special tokens do not sit around the caption's own ids")
+    prefix = tuple(_strip_sep(tokenizer, full[:start]))
+    suffix = tuple(_strip_sep(tokenizer, full[start + len(own):]))
+    cut_keeps_end = (len(suffix) == 1 and not tokenizer.strip_sep_token and inner.truncation_side == "right"
+                     and inner.padding_side == "right")
+    return TokenLayout(prefix, suffix, inner.pad_token_id, cut_keeps_end)
+
+
+def token_layout(tokenizer) -> TokenLayout:
+    """The special ids of an open_clip ``SimpleTokenizer`` or ``HFTokenizer`` (standard mode).
+
+    Raises TypeError for another tokenizer (or HFTokenizer's ``clips`` mode): its ids are not known.
+    """
+    if _is_simple(tokenizer):
+        return TokenLayout((tokenizer.sot_token_id,), (tokenizer.eot_token_id,), 0,
+                           cut_keeps_end=tokenizer.reduction_fn is None)
+    return _hf_layout(tokenizer)
+
+
+def caption_ids(tokenizer, captions: Sequence[str]) -> List[List[int]]:
+    """Each caption's ids as ``tokenizer`` writes them before cutting and padding: special ids included, however
+    long (its length is the caption's token count). Raises TypeError as ``token_layout`` does."""
+    if _is_simple(tokenizer):
+        return [[tokenizer.sot_token_id] + tokenizer.encode(text) + [tokenizer.eot_token_id] for text in captions]
+    ids = _hf_inner(tokenizer)([tokenizer.clean_fn(text) for text in captions], verbose=False)["input_ids"]
+    return [_strip_sep(tokenizer, row) for row in ids]
+
+
+def decode_ids(tokenizer, ids: Sequence[int]) -> str:
+    """The text of a caption's own ids (no special ids) as ``tokenizer`` decodes them (SimpleTokenizer: lower
+    case, a space after each word)."""
+    if _is_simple(tokenizer):
+        return tokenizer.decode(list(ids))
+    return _hf_inner(tokenizer).decode(list(ids), skip_special_tokens=True)
+
+
+def same_tokenizer(a, b) -> bool:
+    """True when ``a`` and ``b`` write the same ids for every caption at equal context lengths (same class,
+    vocabulary, merges or model, cleaning and special ids); False when that cannot be told."""
+    if _is_simple(a) and _is_simple(b):
+        return (a.reduction_fn is None and b.reduction_fn is None and a.clean_fn is b.clean_fn
+                and a.encoder == b.encoder and a.bpe_ranks == b.bpe_ranks)
+    try:
+        inner_a, inner_b = _hf_inner(a), _hf_inner(b)
+    except TypeError:
+        return False
+    backend_a, backend_b = getattr(inner_a, "backend_tokenizer", None), getattr(inner_b, "backend_tokenizer", None)
+    if backend_a is None or backend_b is None:
+        return False  # no serialised pipeline to compare: take them as different
+    return (a.clean_fn is b.clean_fn and a.strip_sep_token == b.strip_sep_token
+            and type(inner_a) is type(inner_b) and token_layout(a) == token_layout(b)
+            and backend_a.to_str() == backend_b.to_str())
+
+
+def truncate_tokens(ids: torch.Tensor, context_length: int, end_id: int) -> torch.Tensor:
+    """(B, L) int64 ids cut to (B, min(L, context_length)) the way a tokenizer whose layout has ``cut_keeps_end``
+    cuts a caption: a row that does not end inside the first ``context_length`` ids keeps its first
+    ``context_length - 1`` and gets ``end_id`` last. With ``end_id`` that tokenizer's end id and ``ids`` its own
+    output at a longer context, the result equals its output at ``context_length``.
     """
     if ids.shape[-1] <= context_length:
         return ids
     short = ids[..., :context_length].clone()
-    ended_inside = (short == eot_id).any(dim=-1)
-    short[..., -1] = torch.where(ended_inside, short[..., -1], torch.full_like(short[..., -1], eot_id))
+    ended_inside = (short == end_id).any(dim=-1)
+    short[..., -1] = torch.where(ended_inside, short[..., -1], torch.full_like(short[..., -1], end_id))
     return short
 
 
-def trim_padding(ids: torch.Tensor, eot_id: int = EOT_TOKEN_ID) -> torch.Tensor:
-    """Drop the columns of (B, L) token ids that come after the last EOT of the batch: (B, L) -> (B, L').
+# ---------------------------------------------------------------------------------------------------- pooling
 
-    L' = 1 + the largest EOT position over the rows (L for a row without EOT). For the RoPE and CoPE towers
-    (causal, pooled at EOT) this leaves the features unchanged up to rounding:
-    no position up to a row's EOT attends to a later one, and RoPE/CoPE positions, like learned absolute ones,
-    count from the start. It pays when the batch is sorted by caption length (a batch of short captions then
-    runs at its own length instead of 248); a shuffled batch of mixed lengths keeps nearly all its columns.
-    Not for towers that pool the last column (``pool_type='last'``) or when token outputs are used. open_clip's
-    own text towers (3.3) raise on input shorter than their context: their causal mask and, in ``CLIP``, the
-    positional table have the full length.
-    One host sync (``.item()``) per call.
+def text_pooling(model) -> Tuple[Optional[str], Optional[int]]:
+    """(pool_type, eos_id) of a CLIP's text tower, or of a tower itself; (None, None) for a tower without
+    open_clip's pooling settings (a transformers text encoder, say)."""
+    tower = getattr(model, "text", model)
+    if hasattr(tower, "pool_type"):
+        return tower.pool_type, getattr(tower, "eos_id", None)
+    return getattr(model, "text_pool_type", None), getattr(model, "text_eos_id", None)
+
+
+def pooled_positions(ids: torch.Tensor, pool_type: str, eos_id: Optional[int] = None) -> torch.Tensor:
+    """(B,) int64: the row of (B, L) ids a tower pooling by ``pool_type`` reads, as
+    ``open_clip.transformer.text_global_pool`` picks it: 'argmax' the first largest id, 'eos' the first
+    ``eos_id`` (position 0 in a row without one). ValueError for another pool_type."""
+    if pool_type == "argmax":
+        return ids.argmax(dim=-1)
+    if pool_type == "eos":
+        return (ids == eos_id).int().argmax(dim=-1)
+    raise ValueError(f"pool_type {pool_type!r} does not pool at an end token")
+
+
+def trims_padding_exactly(model) -> bool:
+    """True when dropping the columns after the batch's last pooled row leaves ``model``'s text features unchanged
+    (up to rounding): the tower accepts input shorter than its context (no absolute position table), attends
+    causally, returns no token outputs, and pools at an end token ('argmax', or 'eos' with its ``eos_id`` set).
+
+    ``model`` is a CLIP / CustomTextCLIP or a text tower. The one rule the training stages and evaluation share.
     """
-    has_eot = ids == eot_id
-    ends = torch.where(has_eot.any(dim=-1), has_eot.int().argmax(dim=-1), ids.shape[-1] - 1)
-    return ids[:, :int(ends.max().item()) + 1]
+    tower = getattr(model, "text", model)
+    pool_type, eos_id = text_pooling(model)
+    if pool_type not in END_POOLING or (pool_type == "eos" and eos_id is None):
+        return False
+    has_table = getattr(tower, "positional_embedding", None) is not None or \
+        getattr(model, "positional_embedding", None) is not None
+    # open_clip's towers keep their causal mask as ``attn_mask``; this package's state it as ``causal``
+    causal = getattr(tower, "causal", getattr(tower, "attn_mask", None) is not None)
+    return (hasattr(tower, "token_embedding") and not has_table and bool(causal)
+            and not getattr(tower, "output_tokens", False))
+
+
+def trim_padding(ids: torch.Tensor, model) -> torch.Tensor:
+    """(B, L) int64 ids -> (B, L'): the columns up to the batch's last pooled row, L' = 1 + the largest
+    ``pooled_positions`` over the rows (the end token of each caption, found by ``model``'s own rule and end id).
+
+    No token up to a row's pooled one attends to a later one (causal), and RoPE/CoPE positions count from the
+    start, so the features are those of the padded batch. It pays when captions are shorter than the context (a
+    batch sorted by length, short captions). One host sync (``.item()``) per call. Raises ValueError when
+    ``trims_padding_exactly(model)`` is False (open_clip's own towers refuse input shorter than their context;
+    'last' pooling reads the last column).
+    """
+    if not trims_padding_exactly(model):
+        raise ValueError("trimming padding would change this text tower's features (it needs causal attention, "
+                         "'argmax' or 'eos' pooling with an eos_id, and no absolute position table)")
+    if not len(ids):
+        return ids
+    pool_type, eos_id = text_pooling(model)
+    return ids[:, :int(pooled_positions(ids, pool_type, eos_id).max().item()) + 1]

@@ -64,7 +64,7 @@ def build_relpos_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = F
         output_dim=None if stock.proj_type == "none" else embed_dim,
         position=position,
         pool_type=stock.pool_type,
-        eos_id=text_cfg.get("eos_id", 49407),
+        eos_id=stock.eos_id,
         proj_bias=stock.proj_bias,
         output_tokens=stock.output_tokens,
         act_layer=act_layer,

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import open_clip_ext  # noqa: F401
+from open_clip_ext.tokens import caption_ids
 from training_ext.common.csv_table import read_csv_table
 from training_ext.data.loaders import get_image_text_data, get_text_data
 from training_ext.stages.distill import (
@@ -53,7 +54,7 @@ from training_ext.stages.distill import (
 from training_ext.stages.finetune import ClipFeatures, clip_loss_for, finetune_losses, make_finetune_step
 from training_ext.engine.optim import create_optimizer
 from training_ext.engine.params import parse_args
-from training_ext.stages.text_inputs import teacher_ids
+from training_ext.stages.text_inputs import TeacherInputs
 
 _WORDS = ("a red wooden table stands next to the window while a small grey cat sleeps on a soft blue blanket "
           "and sunlight falls across the old tiled floor near two green plants in clay pots").split()
@@ -156,7 +157,7 @@ def forever(loader):
 
 def stage1_runners(csv, opts, device):
     args = training_args("distill", csv, opts)
-    tokenizer = open_clip.get_tokenizer(opts.student)
+    inputs = TeacherInputs(open_clip.get_tokenizer(opts.student), open_clip.get_tokenizer(opts.teacher))
     teacher, preprocess_train, _ = open_clip.create_model_and_transforms(opts.teacher, device=device,
                                                                          output_dict=True)
     teacher.eval().requires_grad_(False)
@@ -164,7 +165,7 @@ def stage1_runners(csv, opts, device):
     student = open_clip.create_model(opts.student, device=device)
     freeze_all_but_text(student)
     optimizer = create_optimizer(student, args)
-    step_fn = make_distill_step(StudentTextFeatures(student), TeacherTextFeatures(teacher), {"cosine": 1.0},
+    step_fn = make_distill_step(StudentTextFeatures(student), TeacherTextFeatures(teacher, inputs), {"cosine": 1.0},
                                 device, autocast_for(opts), NO_SCALER, distributed=False)
 
     def ours(batch):
@@ -175,22 +176,22 @@ def stage1_runners(csv, opts, device):
     naive_student = open_clip.create_model(opts.student, device=device, output_dict=True)
     freeze_all_but_text(naive_student)
     naive_optimizer = adamw(naive_student)
-    context = teacher.context_length
-    naive_loader = DataLoader(CsvDataset(csv, preprocess_train, "filepath", "title", tokenizer=tokenizer),
+    naive_loader = DataLoader(CsvDataset(csv, preprocess_train, "filepath", "title", tokenizer=inputs.data_tokenizer),
                               batch_size=opts.batch_size, shuffle=True, drop_last=True,
                               num_workers=opts.workers)
 
     def naive(batch):
         images, ids = (t.to(device) for t in batch)
+        ids, teacher_ids = inputs.split(ids)
         naive_optimizer.zero_grad(set_to_none=True)
         with torch.no_grad(), autocast_for(opts)():
-            target = teacher(images, teacher_ids(ids, context))["text_features"]
+            target = teacher(images, teacher_ids)["text_features"]
         with autocast_for(opts)():
             features = naive_student(images, ids)["text_features"]
         distillation_losses(features, target, {"cosine": 1.0})["loss"].backward()
         naive_optimizer.step()
 
-    return [Runner("ours", forever(get_text_data(args, tokenizer).dataloader), ours, opts.batch_size),
+    return [Runner("ours", forever(get_text_data(args, inputs.data_tokenizer).dataloader), ours, opts.batch_size),
             Runner("naive", forever(naive_loader), naive, opts.batch_size)]
 
 
@@ -241,13 +242,14 @@ def stage1_cache_runners(csv, opts, device):
                                         "--precision", "fp32", "--no-progress"])
     teacher = open_clip.create_model(opts.teacher, pretrained=teacher_path, device=device).eval()
     tokenizer = open_clip.get_tokenizer(opts.student)
+    inputs = TeacherInputs(tokenizer, open_clip.get_tokenizer(opts.teacher))
     runners = []
     args = training_args("distill", csv, opts)
     for name, cache in (("teacher", None), ("cached", TeacherCache(cache_dir))):
         student = open_clip.create_model(opts.student, device=device)
         freeze_all_but_text(student)
         optimizer = create_optimizer(student, args)  # both sides ours: only the teacher's work differs
-        timed = None if cache else TimedTeacher(TeacherTextFeatures(teacher), device)
+        timed = None if cache else TimedTeacher(TeacherTextFeatures(teacher, inputs), device)
         step_fn = make_distill_step(StudentTextFeatures(student), timed, {"cosine": 1.0}, device,
                                     autocast_for(opts), NO_SCALER, distributed=False)
 
@@ -256,7 +258,7 @@ def stage1_cache_runners(csv, opts, device):
             step_fn([batch])
             optimizer.step()
 
-        loader = get_text_data(args, tokenizer, teacher_cache=cache).dataloader
+        loader = get_text_data(args, tokenizer if cache else inputs.data_tokenizer, teacher_cache=cache).dataloader
         details = (lambda timed=timed: {"teacher_forward_ms": timed.median_ms()}) if timed else None
         runners.append(Runner(name, forever(loader), step, opts.batch_size, details))
     return runners
@@ -312,8 +314,9 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         csv = write_fixture(folder, opts.batch_size * opts.fixture_batches, opts.caption_words, opts.image_size)
         captions = read_csv_table(csv, {"--csv-caption-key": "title"}).columns["title"]
-        ids = open_clip.get_tokenizer(opts.student)(captions)
-        results["mean_caption_tokens"] = float((ids != 0).sum(1).float().mean())
+        tokenizer = open_clip.get_tokenizer(opts.student)  # tokens the student reads: cut to its context
+        results["mean_caption_tokens"] = statistics.mean(min(len(ids), tokenizer.context_length)
+                                                         for ids in caption_ids(tokenizer, captions))
         for stage in opts.stages.split(","):
             build, fast, slow = STAGES[stage]
             rates, details = measure(build(csv, opts, device), opts.rounds, opts.steps, f"stage {stage}")

@@ -19,17 +19,16 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from ..tokens import EOT_TOKEN_ID
-from .transformers_clip import text_parts
+from .transformers_clip import CLIP_EOT_ID, text_parts
 
-SDXL_PAD_IDS = (EOT_TOKEN_ID, 0)  # stabilityai/stable-diffusion-xl-base-1.0 tokenizer / tokenizer_2 pad tokens
+SDXL_PAD_IDS = (CLIP_EOT_ID, 0)  # stabilityai/stable-diffusion-xl-base-1.0 tokenizer / tokenizer_2 pad tokens
 
 
 def context_length(model) -> int:
     return text_parts(model)[0].context_length
 
 
-def pad_after_eot(ids: torch.Tensor, pad_id: int, eot_id: int = EOT_TOKEN_ID) -> torch.Tensor:
+def pad_after_eot(ids: torch.Tensor, pad_id: int, eot_id: int = CLIP_EOT_ID) -> torch.Tensor:
     """(batch, seq) ids with every position after the first end-of-text token set to ``pad_id`` (open_clip's
     tokenizer pads with 0). Rows without an end-of-text token are returned unchanged."""
     is_eot = ids == eot_id

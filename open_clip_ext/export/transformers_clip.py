@@ -26,12 +26,14 @@ from ..configs import with_tower_activations
 from ..convert import to_custom_text_layout
 from ..longclip import LONGCLIP_KEEP_POSITIONS, LongCLIPTextTransformer, stretch_positions
 from ..text_tower import RelPosTextTransformer
-from ..tokens import EOT_TOKEN_ID
 from .clip_layout import hf_to_open_clip, open_clip_to_hf
 from .tokenizer import EOT, clip_tokenizer, write_vocab_files
 
 STOCK_CONTEXT = 77
 OPEN_CLIP_VOCAB = 49408
+# transformers' CLIP is CLIP's BPE vocabulary by construction, so its end id is fixed: <|endoftext|>, the last id
+# (<|startoftext|> the one before). Towers of another vocabulary (MetaCLIP 2's XLM-V / mT5) are refused.
+CLIP_EOT_ID = OPEN_CLIP_VOCAB - 1
 # transformers activation names (transformers.activations.ACT2FN) for the activations CLIP towers use
 _GELU_NAMES = {"none": "gelu", "tanh": "gelu_pytorch_tanh"}
 
@@ -106,11 +108,12 @@ def _check_text(model) -> None:
     attends causally, with pre-norm blocks and no class token)."""
     tower, _ = text_parts(model)
     pool_type = getattr(tower, "pool_type", getattr(model, "text_pool_type", "argmax"))
-    eos_id = getattr(tower, "eos_id", getattr(model, "text_eos_id", EOT_TOKEN_ID))
+    eos_id = getattr(tower, "eos_id", getattr(model, "text_eos_id", None))
     # argmax pooling reads the largest id, which is <|endoftext|> in CLIP's vocabulary (eos_id is unused then)
-    if pool_type not in ("argmax", "eos") or (pool_type == "eos" and eos_id != EOT_TOKEN_ID):
+    if pool_type not in ("argmax", "eos") or (pool_type == "eos" and eos_id != CLIP_EOT_ID):
         raise ExportError(f"text pool_type={pool_type!r} (eos_id {eos_id}): transformers' CLIP pools at the first "
-                          f"<|endoftext|> ({EOT_TOKEN_ID}), which equals only 'argmax' / 'eos' pooling")
+                          f"<|endoftext|> of CLIP's vocabulary ({CLIP_EOT_ID}), which equals only 'argmax' pooling "
+                          f"or 'eos' pooling at that id; a tower of another tokenizer cannot be exported as CLIP")
     if getattr(tower, "cls_emb", None) is not None:
         raise ExportError("text tower has a class token (embed_cls), which transformers' CLIP has no place for")
     if getattr(tower, "attn_mask", None) is None:
@@ -156,7 +159,7 @@ def hf_text_config(model, pad_token_id: int) -> Dict:
         "hidden_act": hf_activation(blocks, "text tower"),
         "layer_norm_eps": layer_norm_eps(nn.ModuleList([blocks, tower.ln_final]), "text tower"),
         "projection_dim": projection_dim,
-        "bos_token_id": EOT_TOKEN_ID - 1, "eos_token_id": EOT_TOKEN_ID, "pad_token_id": pad_token_id,
+        "bos_token_id": CLIP_EOT_ID - 1, "eos_token_id": CLIP_EOT_ID, "pad_token_id": pad_token_id,
     }
 
 

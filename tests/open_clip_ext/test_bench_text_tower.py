@@ -50,7 +50,7 @@ def test_cope_saves_at_most_1_5x_stock_at_vit_b16_text_size():
     open_clip_ext.configs.register_model_config("ViT-B-16-2-layer-text-bench-test", cfg)
     bench = _bench()
     towers = bench.build_towers("ViT-B-16-2-layer-text-bench-test", 248)
-    ids = bench.full_length_batch(2, 248)
+    ids = bench.full_length_batch(2, 248, "ViT-B-16-2-layer-text-bench-test")
     for name in ("cope", "cope-autograd"):  # every layer full: the bound must not lean on the pooled last block
         towers[name].last_block_at_pooled_rows = False
     saved = {name: bench.saved_activation_bytes(towers[name], ids, contextlib.nullcontext)
@@ -82,6 +82,11 @@ def test_mixed_lengths_stay_in_range_and_place_eot():
     generator = torch.Generator().manual_seed(0)
     lengths = bench.mixed_lengths(500, 248, generator)
     assert lengths.min() >= 60 and lengths.max() <= 248 and 150 < lengths.float().mean() < 190
-    ids = bench.mixed_length_ids(lengths[:20], 248, generator)
+    end_id, vocab_size = bench.end_and_vocab("tiny-clip")
+    assert (end_id, vocab_size) == (open_clip.get_tokenizer("tiny-clip").eot_token_id, 49408)  # argmax: largest id
+    ids = bench.mixed_length_ids(lengths[:20], 248, end_id, vocab_size, generator)
     for row, length in zip(ids.tolist(), lengths[:20].tolist()):
-        assert row.index(open_clip_ext.EOT_TOKEN_ID) == length - 1 and not any(row[length:])
+        assert row.index(end_id) == length - 1 and not any(row[length:]) and max(row) == end_id
+    eos_ids = bench.mixed_length_ids(lengths[:20], 248, 2, 30, generator)  # 'eos' pooling at id 2 (MetaCLIP 2)
+    for row, length in zip(eos_ids.tolist(), lengths[:20].tolist()):
+        assert row.index(2) == length - 1 and row.count(2) == 1 and max(row) < 30

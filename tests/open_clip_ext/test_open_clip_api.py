@@ -57,8 +57,9 @@ def test_tokenizer_context_and_model_config():
 def test_truncate_tokens_matches_tokenizer_at_77():
     captions = ["word " * 100, "short caption", "word " * 76, "word " * 75]
     long_ids = open_clip.get_tokenizer("tiny-clip-rope-248")(captions)
-    short_ids = open_clip.get_tokenizer("tiny-clip")(captions)
-    assert torch.equal(open_clip_ext.truncate_tokens(long_ids, 77), short_ids)
+    short_tokenizer = open_clip.get_tokenizer("tiny-clip")
+    short_ids = short_tokenizer(captions)
+    assert torch.equal(open_clip_ext.truncate_tokens(long_ids, 77, short_tokenizer.eot_token_id), short_ids)
 
 
 @pytest.mark.parametrize("name", NAMES)

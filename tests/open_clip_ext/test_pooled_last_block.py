@@ -12,12 +12,13 @@ CAPTIONS = ["a red circle on a blue square", "stripes " * 100, "two cats", "a do
 
 def _tower(position, pool_type):
     cfg = open_clip_ext.derive_config("tiny-clip", position, 248)
-    cfg["text_cfg"]["pool_type"] = pool_type
+    tokenizer = open_clip.get_tokenizer("tiny-clip")
+    cfg["text_cfg"].update(pool_type=pool_type, eos_id=tokenizer.eot_token_id)
     name = f"tiny-clip-{position}-248-{pool_type}-pooled-test"
     open_clip_ext.configs.register_model_config(name, cfg)
     model = randomize_(open_clip.create_model(name), scale=0.3)
     ids = open_clip.get_tokenizer(name)(CAPTIONS)[:, :120]
-    ids[1, -1] = open_clip_ext.EOT_TOKEN_ID  # the truncated caption keeps an EOT, at the last row
+    ids[1, -1] = tokenizer.eot_token_id  # the truncated caption keeps its end token, at the last row
     return model.text, ids
 
 

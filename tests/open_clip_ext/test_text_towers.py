@@ -19,8 +19,9 @@ def _model(name, **kwargs):
 @pytest.mark.parametrize("name,position", [("tiny-clip-rope-248", "rope"), ("tiny-clip-cope-248", "cope")])
 def test_tower_matches_naive_reimplementation(name, position):
     model = _model(name).double()
-    ids = open_clip.get_tokenizer(name)(CAPTIONS)[:, :40]  # keep the naive loops short
-    ids[1, -1] = open_clip_ext.EOT_TOKEN_ID
+    tokenizer = open_clip.get_tokenizer(name)
+    ids = tokenizer(CAPTIONS)[:, :40]  # keep the naive loops short
+    ids[1, -1] = tokenizer.eot_token_id
     with torch.no_grad():
         got = model.encode_text(ids)
     for row in range(len(ids)):

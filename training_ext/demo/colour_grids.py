@@ -172,19 +172,24 @@ def render_scene(scene: Scene, image_size: int, rng: np.random.Generator) -> Ima
 
 # ------------------------------------------------------------------------------------------ token arithmetic
 
-def _token_ids(captions: Iterable[str]) -> List[List[int]]:
-    """Untruncated ids as open_clip's tokenizer builds them: start token, the caption's BPE tokens, end token."""
-    from training_ext.eval.length_buckets import count_tokenizer  # deferred: torch and open_clip
+@functools.lru_cache(maxsize=1)
+def demo_tokenizer():
+    """open_clip's SimpleTokenizer (CLIP's BPE), the tokenizer of every demo model (tiny-clip and its variants);
+    built once: loading its merges takes a moment."""
+    from open_clip import SimpleTokenizer  # deferred: torch and open_clip
+    return SimpleTokenizer()
 
-    tokenizer = count_tokenizer()
-    return [[tokenizer.sot_token_id] + tokenizer.encode(text) + [tokenizer.eot_token_id] for text in captions]
+
+def _token_ids(captions: Iterable[str]) -> List[List[int]]:
+    """Untruncated ids as the demo models' tokenizer builds them: start token, the caption's BPE tokens, end token."""
+    from open_clip_ext.tokens import caption_ids  # deferred, as above
+
+    return caption_ids(demo_tokenizer(), list(captions))
 
 
 def _n_tokens(text: str) -> int:
     """BPE tokens of a caption fragment, without the start and end tokens."""
-    from training_ext.eval.length_buckets import SPECIAL_TOKENS, caption_token_count  # deferred, as above
-
-    return caption_token_count(text) - SPECIAL_TOKENS
+    return len(demo_tokenizer().encode(text))
 
 
 @dataclass(frozen=True)

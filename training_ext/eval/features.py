@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from open_clip_train.precision import get_autocast
 
-from training_ext.eval.length_buckets import tokenize_and_count, tokenizes_like_counter
+from open_clip_ext.tokens import trim_padding, trims_padding_exactly
+from training_ext.eval.length_buckets import counts_in_one_pass, tokenize_and_count
 
 
 class ImageFiles(Dataset):
@@ -40,7 +41,7 @@ class TokenizeBatch:
 
     def __init__(self, tokenizer: Callable):
         self.tokenizer = tokenizer
-        self.one_pass = tokenizes_like_counter(tokenizer)
+        self.one_pass = counts_in_one_pass(tokenizer)
 
     def __call__(self, captions: List[str]):
         return tokenize_and_count(self.tokenizer, captions, self.one_pass)
@@ -70,11 +71,20 @@ def encode_images(model, preprocess: Callable, paths: Sequence[str], batch_size:
     return _encode_batches(batches, model.encode_image, device, precision)
 
 
+def text_encoder(model) -> Callable:
+    """``model.encode_text``, fed each batch cut after its last pooled token where that leaves the features
+    unchanged (``open_clip_ext.tokens.trims_padding_exactly``: the rule training follows too)."""
+    if not trims_padding_exactly(model):
+        return model.encode_text
+    return lambda ids, normalize=False: model.encode_text(trim_padding(ids, model), normalize=normalize)
+
+
 def encode_captions(model, tokenizer: Callable, captions: Sequence[str], batch_size: int = 32, workers: int = 2,
                     device="cpu", precision: str = "fp32",
                     show_progress: bool = True) -> Tuple[torch.Tensor, List[int]]:
     """(len(captions), embed_dim) normalised text features (the tokenizer truncates to its context),
-    and every caption's untruncated token count (see length_buckets), counted in the same pass."""
+    and every caption's untruncated token count under the model's tokenizer (see length_buckets), counted in the
+    same pass."""
     token_counts: List[int] = []
 
     def token_ids():
@@ -83,4 +93,4 @@ def encode_captions(model, tokenizer: Callable, captions: Sequence[str], batch_s
             token_counts.extend(counts)
             yield ids
 
-    return _encode_batches(token_ids(), model.encode_text, device, precision), token_counts
+    return _encode_batches(token_ids(), text_encoder(model), device, precision), token_counts

@@ -1,57 +1,59 @@
 """Recall@1 by caption length: the measurement a long-caption model is about.
 
-Caption length is counted with open_clip's SimpleTokenizer, untruncated and including the start and
-end tokens, so "<=77" means "fits a stock CLIP context whole" and ">248" means "cut even at 248".
-The count is the same for every model compared, whatever its own tokenizer or context.
+A caption's length is counted with the evaluated model's own tokenizer, untruncated and including its special
+tokens (CLIP's start and end tokens; XLM-V's ``<s>`` and ``</s>``; mT5's ``</s>``), so "<=77" means "fits a
+77-token context of this model's tokenizer whole" and ">248" means "cut even at 248". Models that share a
+tokenizer (every CLIP-vocabulary model) put every caption in the same bucket; models of different tokenizers
+count the same caption differently, and each result names its tokenizer (``tokenizer_name``).
 """
-from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from open_clip import SimpleTokenizer
+
+from open_clip_ext.tokens import caption_ids, token_layout
 
 DEFAULT_BUCKET_EDGES = (77, 154, 248)
-SPECIAL_TOKENS = 2  # <start_of_text> and <end_of_text>
 
 
-@lru_cache(maxsize=1)
-def count_tokenizer():
-    """The SimpleTokenizer every caption length is counted with (built once: loading its merges takes a moment)."""
-    from open_clip import SimpleTokenizer
-    return SimpleTokenizer()
+def tokenizer_name(tokenizer: Callable) -> str:
+    """'SimpleTokenizer', or 'HFTokenizer(<transformers name or path>)': what counted a result's lengths."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    where = getattr(inner, "name_or_path", None)
+    return f"{type(tokenizer).__name__}({where})" if where else type(tokenizer).__name__
 
 
-def caption_token_count(caption: str) -> int:
-    """Untruncated token count of one caption, start and end tokens included."""
-    return len(count_tokenizer().encode(caption)) + SPECIAL_TOKENS
+def token_counts(tokenizer: Callable, captions: Sequence[str]) -> List[int]:
+    """Untruncated token count of each caption under ``tokenizer`` (an open_clip SimpleTokenizer or HFTokenizer),
+    its special tokens included. Raises TypeError for a tokenizer whose special ids cannot be read."""
+    return [len(ids) for ids in caption_ids(tokenizer, captions)]
 
 
-def tokenizes_like_counter(tokenizer) -> bool:
-    """True when `tokenizer` is a SimpleTokenizer whose ids are the counting tokenizer's, cut to its context:
-    then one BPE pass gives both the model input and the length (tokenizing is the slow part on CPU)."""
-    from open_clip import SimpleTokenizer
-    reference = count_tokenizer()
-    return (isinstance(tokenizer, SimpleTokenizer) and tokenizer.reduction_fn is None
-            and tokenizer.clean_fn is reference.clean_fn and tokenizer.encoder == reference.encoder)
+def counts_in_one_pass(tokenizer: Callable) -> bool:
+    """True when ``tokenizer`` is open_clip's SimpleTokenizer, unreduced and not overridden: its ids are the
+    untruncated ids cut to its context, so one BPE pass gives both the model input and the length (tokenizing
+    is the slow part on CPU)."""
+    return (isinstance(tokenizer, SimpleTokenizer) and type(tokenizer).__call__ is SimpleTokenizer.__call__
+            and tokenizer.reduction_fn is None)
 
 
-def tokenize_and_count(tokenizer, captions: Sequence[str],
+def tokenize_and_count(tokenizer: Callable, captions: Sequence[str],
                        one_pass: Optional[bool] = None) -> Tuple[torch.Tensor, List[int]]:
-    """(model token ids, untruncated token counts) for a batch of captions.
+    """((N, context) int64 model token ids, N untruncated token counts) for a batch of N captions.
 
-    With a tokenizer that tokenizes like the counter, each caption is encoded once and cut to the
-    context by open_clip's rule (keep the first context_length tokens, the last of them becomes the
-    end token); any other tokenizer runs as is and the counts take a pass of their own.
+    With ``counts_in_one_pass`` each caption is encoded once and cut to the context by the tokenizer's rule (keep
+    the first context_length - 1 ids, the end id last, pad after); any other tokenizer runs as is and the
+    counts take a pass of their own. Raises TypeError as ``token_counts`` does.
     """
-    if not tokenizes_like_counter(tokenizer):
-        return tokenizer(list(captions)), [caption_token_count(c) for c in captions]
-    context_length = tokenizer.context_length
-    ids = torch.zeros(len(captions), context_length, dtype=torch.long)
-    counts = []
-    for row, caption in enumerate(captions):
-        tokens = [tokenizer.sot_token_id] + tokenizer.encode(caption) + [tokenizer.eot_token_id]
-        counts.append(len(tokens))
+    all_ids = caption_ids(tokenizer, captions)
+    counts = [len(ids) for ids in all_ids]
+    if not (counts_in_one_pass(tokenizer) if one_pass is None else one_pass):
+        return tokenizer(list(captions)), counts
+    layout, context_length = token_layout(tokenizer), tokenizer.context_length
+    ids = torch.full((len(captions), context_length), layout.pad, dtype=torch.long)
+    for row, tokens in enumerate(all_ids):
         if len(tokens) > context_length:
-            tokens = tokens[:context_length - 1] + [tokenizer.eot_token_id]
+            tokens = tokens[:context_length - 1] + [layout.end]
         ids[row, :len(tokens)] = torch.tensor(tokens)
     return ids, counts
 

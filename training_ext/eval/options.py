@@ -47,15 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--flickr30k-images", metavar="DIR", help="the flickr30k-images folder")
     for option in ("dci_images", "docci_images", "iiw_images", "coco_karpathy_images"):
         group.add_argument("--" + option.replace("_", "-"), metavar="DIR", help=IMAGE_ROOT_HELP[option])
+    group.add_argument("--coco-karpathy-captions", metavar="JSON",
+                       help="COCO's captions_val2014.json: --coco-karpathy-5k then takes each test image's captions "
+                            "from it, the text clip_benchmark evaluates, and counts those Karpathy's raw sentences "
+                            "do not repeat (default: Karpathy's raw sentences, not compared)")
     protocol = parser.add_argument_group("protocol and diagnostics")
-    protocol.add_argument("--tie-rule", default="against", metavar="{against,peer}",
-                          help="against: ties count against the model (default); peer: the peers' sort order "
-                               "(stable descending sort, the lower gallery index first among equal scores). "
-                               "Every result and protocol card names the rule used")
+    protocol.add_argument("--tie-rule", default="against", metavar="{against}",
+                          help="against (the only rule): ties count against the model. No rule can reproduce the "
+                               "peers' sorts among equal scores, so every result also reports how many queries a "
+                               "tie decides and the R@k that ties in the model's favour would give")
     protocol.add_argument("--perturb", default="", metavar="NAMES",
                           help="caption-perturbation diagnostics on the long-caption benchmarks, comma-separated: "
-                               "first-sentence-removed, shuffled-sentences, cut-N (e.g. cut-77); each is reported "
-                               "as the change in R@1 against the intact captions")
+                               "first-sentence-removed, shuffled-sentences, cut-N (e.g. cut-77: the first 77 tokens of "
+                               "the model's own tokenizer); each is reported as the change in R@1 against the intact "
+                               "captions")
     protocol.add_argument("--perturb-seed", type=int, default=0, help="seed of shuffled-sentences")
     protocol.add_argument("--bucket-by-column", metavar="COLUMN",
                           help="also report R@1/5/10 per value bucket of this column of every CSV benchmark "
@@ -75,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=["amp", "amp_bf16", "fp32"], default=None,
                         help="autocast precision (default: amp on GPU, fp32 on CPU)")
     parser.add_argument("--length-buckets", default=None,
-                        help="upper edges of the caption length buckets in tokens (default 77,154,248 gives "
+                        help="upper edges of the caption length buckets in tokens of each model's own tokenizer "
+                             "(default 77,154,248 gives "
                              "<=77, 78-154, 155-248, >248)")
     parser.add_argument("--chunk-elements", type=int, default=None,
                         help="similarity scores computed at once (memory bound of the ranking; default: a 256 MB "

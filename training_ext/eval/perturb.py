@@ -4,22 +4,23 @@ part of the caption.
 - ``first-sentence-removed``: the caption without its first sentence (a one-sentence caption becomes empty);
 - ``shuffled-sentences``: the caption's sentences in a random order (one random.Random(seed) for the run,
   drawn caption by caption in benchmark order, so a run is repeatable);
-- ``cut-N`` (e.g. ``cut-77``): the caption cut to its first N open_clip tokens, start and end tokens included,
-  i.e. what a stock N-token CLIP sees: the first N - 2 BPE tokens decoded back to text (lower case, as the
-  tokenizer reads it). A caption that already fits is left exactly as it is.
+- ``cut-N`` (e.g. ``cut-77``): the caption cut to its first N tokens of the evaluated model's own tokenizer,
+  special tokens included, i.e. what an N-token model of that tokenizer sees: the caption's first N - S tokens
+  (S the tokenizer's special tokens: CLIP's start and end, 2; mT5's ``</s>``, 1) decoded back to text (CLIP's
+  BPE decodes in lower case, as it reads the caption). A caption that already fits is left exactly as it is.
 
 Sentences are split the way training_ext.common.captions.first_sentence finds the first one (at . ! ? before
 white space, abbreviations such as "e.g." and decimals excepted). Each perturbation is reported as the change in
 R@1 against the intact captions, same images, same model. Only long-caption benchmarks are perturbed.
 """
 import random
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from training_ext.common.captions import clean_caption, first_sentence
 
 NAMES = ("first-sentence-removed", "shuffled-sentences")
 CUT_PREFIX = "cut-"
-SPECIAL_TOKENS = 2
+SPECIAL_TOKENS = 2  # a cut must keep at least one caption token besides a start and an end token
 
 
 def parse_perturbations(text: str) -> List[str]:
@@ -47,17 +48,23 @@ def split_sentences(caption: str) -> List[str]:
     return sentences
 
 
-def _cut(caption: str, tokens: int) -> str:
-    from training_ext.eval.length_buckets import count_tokenizer  # deferred: open_clip
-    tokenizer = count_tokenizer()
-    ids = tokenizer.encode(caption)
-    if len(ids) + SPECIAL_TOKENS <= tokens:
-        return caption
-    return tokenizer.decode(ids[:tokens - SPECIAL_TOKENS]).strip()
+def _cut(captions: Sequence[str], tokens: int, tokenizer: Callable) -> List[str]:
+    from open_clip_ext.tokens import caption_ids, decode_ids, token_layout  # deferred: open_clip
+    layout = token_layout(tokenizer)
+    cut = []
+    for caption, ids in zip(captions, caption_ids(tokenizer, captions)):
+        if len(ids) <= tokens:
+            cut.append(caption)
+            continue
+        own = ids[len(layout.prefix):len(ids) - len(layout.suffix)]
+        cut.append(decode_ids(tokenizer, own[:max(0, tokens - layout.specials)]).strip())
+    return cut
 
 
-def perturb_captions(captions: Sequence[str], name: str, seed: int = 0) -> List[str]:
-    """The perturbed copy of every caption."""
+def perturb_captions(captions: Sequence[str], name: str, seed: int = 0,
+                     tokenizer: Optional[Callable] = None) -> List[str]:
+    """The perturbed copy of every caption. ``cut-N`` counts with ``tokenizer`` (the evaluated model's open_clip
+    SimpleTokenizer or HFTokenizer); ValueError when it is missing, TypeError when its special ids are unknown."""
     parse_perturbations(name)
     if name == "first-sentence-removed":
         return [" ".join(split_sentences(caption)[1:]) for caption in captions]
@@ -69,5 +76,6 @@ def perturb_captions(captions: Sequence[str], name: str, seed: int = 0) -> List[
             rng.shuffle(sentences)
             shuffled.append(" ".join(sentences))
         return shuffled
-    tokens = int(name[len(CUT_PREFIX):])
-    return [_cut(caption, tokens) for caption in captions]
+    if tokenizer is None:
+        raise ValueError(f"{name} counts tokens with the evaluated model's tokenizer: pass tokenizer")
+    return _cut(captions, int(name[len(CUT_PREFIX):]), tokenizer)

@@ -1,9 +1,11 @@
 """The protocol card: exactly what one benchmark number was computed on, and how.
 
-Every result carries one (terminal, results.json, results.md): the protocol and the peer file it follows,
-image and caption counts (and the full release's, when they differ), the caption normalisation, blank captions
-kept and files the protocol skips, a sha256 over the ordered (image file, caption) list, how many captions the
-model's context cuts and by how many tokens on average, the tie rule and the precision.
+Every result carries one (terminal, results.json, results.md): the protocol, the peer file and commit it follows
+and whether it was checked against that code, any image transform the peer applies before the model's own
+preprocess, image and caption counts (and the full release's, when they differ), the caption normalisation,
+blank captions kept and files the protocol skips, what the reader noted (e.g. the caption source), a sha256 over
+the ordered (image file, caption) list, how many captions the model's context cuts and by how many tokens on
+average, the tie rule with how far exact ties could move each R@1, and the precision.
 
 The sha256 is machine-independent: each image is named by its path relative to the folder all the benchmark's
 images share, and the digest runs over one JSON line ``["<image>", "<caption>"]`` per caption, in order
@@ -40,7 +42,8 @@ def dataset_card(benchmark: Benchmark, data) -> Dict:
     """The model-independent part of the card."""
     keys = image_keys(data.image_paths)
     card = {"protocol": benchmark.protocol_name, "benchmark": benchmark.name, "follows": benchmark.peer,
-            "num_images": len(data.image_paths)}
+            "verified": benchmark.verified, "image_transform": benchmark.image_transform_text,
+            "notes": list(getattr(data, "notes", [])), "num_images": len(data.image_paths)}
     if isinstance(data, ClassificationSet):
         card.update(num_classes=len(data.classnames), normalisation="class names in the OpenAI templates",
                     blank_captions=0, skipped_files=0, skipped_examples=[],
@@ -60,18 +63,38 @@ def dataset_card(benchmark: Benchmark, data) -> Dict:
 
 
 def context_fields(token_counts: Optional[Sequence[int]], context_length: int) -> Dict:
-    """Captions longer than the context (open_clip token counts, start/end included) and the mean number of
-    tokens the tokenizer cuts from each of them (0 when none is cut)."""
+    """Captions longer than the context (token counts of the model's own tokenizer, its special tokens included)
+    and the mean number of tokens the tokenizer cuts from each of them (0 when none is cut)."""
     cut = [count - context_length for count in (token_counts or []) if count > context_length]
     return {"context_length": context_length, "captions_over_context": len(cut),
             "mean_tokens_cut": round(sum(cut) / len(cut), 2) if cut else 0.0}
 
 
 def model_card(dataset: Dict, token_counts: Optional[Sequence[int]], context_length: int, tie_rule: str,
-               precision: str) -> Dict:
+               precision: str, ties: Optional[Dict] = None) -> Dict:
+    """ties: {direction: retrieval.tie_report(...)} of the result, or None."""
     from training_ext.common.retrieval import TIE_RULES
     return {**dataset, **context_fields(token_counts, context_length),
-            "tie_rule": tie_rule, "tie_rule_meaning": TIE_RULES[tie_rule], "precision": precision}
+            "tie_rule": tie_rule, "tie_rule_meaning": TIE_RULES[tie_rule], "ties": ties, "precision": precision}
+
+
+DIRECTION_NAMES = {"image_to_text": "I2T", "text_to_image": "T2I", "image_to_class": "ZS"}
+
+
+def ties_line(ties: Optional[Dict], k: int = 1) -> str:
+    """How far exact ties could move R@k, per direction: 'I2T R@1 37.50 (ties allow up to 41.67: 2 queries)'."""
+    if not ties:
+        return "not computed"
+    parts = []
+    for direction, report in ties.items():
+        entry = report[f"R@{k}"]
+        name = f"{DIRECTION_NAMES.get(direction, direction)} R@{k} {entry['reported']:.2f}"
+        if entry["decided_by_ties"]:
+            parts.append(f"{name} (ties allow up to {entry['optimistic']:.2f}: {entry['decided_by_ties']} of "
+                         f"{report['queries']} queries tied at the decisive rank)")
+        else:
+            parts.append(f"{name} (no query decided by a tie)")
+    return "; ".join(parts)
 
 
 def _counts_line(card: Dict) -> str:
@@ -95,12 +118,18 @@ def format_card(card: Dict, model: str) -> str:
     lines = [
         f"protocol card: {card['benchmark']} x {model}",
         f"  protocol:       {card['protocol']}, follows {card['follows']}",
+        f"  verified:       {card['verified']}",
+        f"  image transform: {card['image_transform']}",
         f"  evaluated:      {_counts_line(card)}",
         f"  normalisation:  {card['normalisation']}",
         f"  blank captions: {card['blank_captions']} kept; files the protocol skips: {skipped}",
+    ]
+    lines += [f"  note:           {note}" for note in card.get("notes", [])]
+    lines += [
         f"  sha256:         {card['sha256']}",
         f"  context:        {context}",
         f"  tie rule:       {card['tie_rule']} ({card['tie_rule_meaning']})",
+        f"  ties:           {ties_line(card.get('ties'))}",
         f"  precision:      {card['precision']}",
     ]
     return "\n".join(lines)

@@ -42,11 +42,17 @@ def _padded_table(header: List[str], rows: List[List[str]]) -> str:
     return "\n".join([format_row(header), separator] + [format_row(row) for row in rows])
 
 
+def _tied_at_1(result: Dict) -> str:
+    """Queries whose R@1 a tie decides, per direction ('2/0': image->text / text->image); '' when not reported."""
+    ties = result.get("ties") or {}
+    return "/".join(str(report["R@1"]["decided_by_ties"]) for report in ties.values())
+
+
 def comparison_table(results: List[Dict]) -> str:
-    """One markdown table, a row per (benchmark, model); Ties names the tie rule each row used."""
+    """One markdown table, a row per (benchmark, model); Tied@1 counts the queries whose R@1 a tie decides."""
     columns = RETRIEVAL_COLUMNS + ZERO_SHOT_COLUMNS
-    header = ["Benchmark", "Model", "Ctx", "Ties"] + [title for title, _ in columns]
-    rows = [[r["benchmark"], r["model"], str(r["context_length"]), r.get("tie_rule", "against")]
+    header = ["Benchmark", "Model", "Ctx", "Tied@1"] + [title for title, _ in columns]
+    rows = [[r["benchmark"], r["model"], str(r["context_length"]), _tied_at_1(r)]
             + [_cell(r["metrics"].get(key)) for _, key in columns] for r in _benchmark_major(results)]
     return _padded_table(header, rows)
 
@@ -59,12 +65,12 @@ def perturbation_table(results: List[Dict]) -> str:
     """Change in R@1 (perturbed minus intact captions, percentage points) per perturbation and direction."""
     perturbed = [r for r in _benchmark_major(results) if r.get("perturbations")]
     names = list(dict.fromkeys(p["perturbation"] for r in perturbed for p in r["perturbations"]))
-    header = ["Benchmark", "Model", "Ties", "I2T R@1", "T2I R@1"]
+    header = ["Benchmark", "Model", "I2T R@1", "T2I R@1"]
     header += [f"{direction} {name}" for name in names for direction in ("dI2T", "dT2I")]
     rows = []
     for r in perturbed:
         by_name = {p["perturbation"]: p for p in r["perturbations"]}
-        row = [r["benchmark"], r["model"], r["tie_rule"], _cell(r["metrics"]["image_to_text_R@1"]),
+        row = [r["benchmark"], r["model"], _cell(r["metrics"]["image_to_text_R@1"]),
                _cell(r["metrics"]["text_to_image_R@1"])]
         for name in names:
             p = by_name.get(name, {})
@@ -85,8 +91,9 @@ def markdown_report(results: List[Dict], pending: Sequence[str] = ()) -> str:
         lines += [perturbation_table(results), ""]
     lines += ["Protocols:", ""]
     lines += [f"- `{name}`: {protocol}" for name, protocol in protocols.items()]
-    lines += ["", "Recall in percent. Ties: against = ties count against the model; peer = the peers' sort order "
-              "(stable descending sort, lower gallery index first among equal scores). Ctx = the model's text "
+    lines += ["", "Recall in percent; ties count against the model. Tied@1 = queries (image->text / text->image) "
+              "whose R@1 a tie at the decisive rank decides: with them counted as hits R@1 would be the card's "
+              "upper value, and any sort the peers use gives a value between the two. Ctx = the model's text "
               "context in tokens (longer captions are truncated by its tokenizer).", "", "## Protocol cards", ""]
     for r in _benchmark_major(results):
         if "protocol_card" in r:
@@ -153,7 +160,7 @@ def _save_with_legend(plt, figure, axes, num_rows: int, path: str) -> None:
 
 
 def plot_recall_by_length(results: List[Dict], path: str) -> Optional[str]:
-    """R@1 against caption length bucket (open_clip tokens)."""
+    """R@1 against caption length bucket (tokens of each model's own tokenizer)."""
     return _plot_bucket_rows(results, lambda r: r.get("recall_by_length"), path,
                              lambda r: "caption length (tokens)")
 

@@ -28,16 +28,18 @@ from training_ext.eval.report import (comparison_table, markdown_report, perturb
 from training_ext.common.file_io import write_json
 from training_ext.eval import column_buckets
 from training_ext.eval.features import encode_captions, encode_images
-from training_ext.eval.length_buckets import DEFAULT_BUCKET_EDGES, check_bucket_edges, recall_at_1_by_length
+from training_ext.eval.length_buckets import (DEFAULT_BUCKET_EDGES, check_bucket_edges, recall_at_1_by_length,
+                                             tokenizer_name)
 from training_ext.eval.perturb import parse_perturbations, perturb_captions
 from training_ext.eval.preflight import check_model_spec
 from training_ext.eval.options import build_parser
 from training_ext.eval.protocol_card import dataset_card, format_card, model_card
-from training_ext.common.retrieval import (DEFAULT_CHUNK_ELEMENTS, TIE_RULES, recall_at_k, retrieval_metrics,
-                                           target_ranks)
+from training_ext.common.retrieval import (DEFAULT_CHUNK_ELEMENTS, TIE_RULES, recall_at_k, recall_metrics,
+                                           retrieval_metrics, retrieval_rank_bounds, target_rank_bounds, tie_report)
 
 # open_clip model names that carry a schema of their own before the name proper
 _NAME_SCHEMAS = ("hf-hub:", "local-dir:")
+RETRIEVAL_KS = (1, 5, 10)
 
 @dataclass
 class ModelSpec:
@@ -86,8 +88,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         name, _, path = entry.partition("=")
         if not name or not path or name in BENCHMARKS:
             parser.error(f"--csv {entry!r}: expected NAME=PATH with a NAME that is not a built-in benchmark")
+    if args.tie_rule == "peer":
+        parser.error("--tie-rule peer was removed: the peers rank with sorts whose order among equal scores depends "
+                     "on tensor length, device and torch version, so no rule reproduces it; every result now "
+                     "reports, per R@k, how many queries a tie decides and the R@k that ties in the model's favour "
+                     "would give ('ties' in results.json and the protocol card)")
     if args.tie_rule not in TIE_RULES:
         parser.error(f"--tie-rule {args.tie_rule!r}: choose from {', '.join(sorted(TIE_RULES))}")
+    if args.coco_karpathy_captions and not args.coco_karpathy_5k:
+        parser.error("--coco-karpathy-captions gives the captions of --coco-karpathy-5k: give that benchmark too")
     args.length_buckets = args.length_buckets or ",".join(map(str, DEFAULT_BUCKET_EDGES))
     args.chunk_elements = args.chunk_elements or DEFAULT_CHUNK_ELEMENTS
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -124,8 +133,9 @@ def load_benchmarks(args) -> List[SelectedBenchmark]:
         if not source:
             continue
         image_root = getattr(args, benchmark.image_root_option) if benchmark.image_root_option else None
+        extra = {option: getattr(args, option) for option in benchmark.extra_options}
         print(f"reading {benchmark.name} from {source}", file=sys.stderr)
-        selected.append(SelectedBenchmark(benchmark, source, image_root, benchmark.reader(source, image_root)))
+        selected.append(SelectedBenchmark(benchmark, source, image_root, benchmark.reader(source, image_root, **extra)))
     for entry in args.csv:
         name, _, source = entry.partition("=")
         benchmark = caption_csv_benchmark(name, args.csv_separator, args.csv_img_key, args.csv_caption_key)
@@ -184,22 +194,37 @@ def _encoding_options(args) -> dict:
                 show_progress=not args.no_progress)
 
 
+def image_preprocess(loaded: LoadedModel, benchmark: Benchmark) -> Callable:
+    """The model's preprocess, after the peer's own image transform where the protocol has one (FG-CLIP's DCI
+    resize). torchvision's Compose pickles, so DataLoader workers can run it."""
+    if benchmark.image_transform is None:
+        return loaded.preprocess
+    from torchvision.transforms import Compose
+    return Compose([benchmark.image_transform, loaded.preprocess])
+
+
 def evaluate_retrieval(loaded: LoadedModel, selected: SelectedBenchmark, args) -> dict:
     data: RetrievalSet = selected.data
     options = _encoding_options(args)
-    image_features = encode_images(loaded.model, loaded.preprocess, data.image_paths,
+    image_features = encode_images(loaded.model, image_preprocess(loaded, selected.benchmark), data.image_paths,
                                    batch_size=args.batch_size, **options)
     text_features, token_counts = encode_captions(loaded.model, loaded.tokenizer, data.captions,
                                                   batch_size=args.text_batch_size, **options)
     caption_image = torch.tensor(data.caption_image, dtype=torch.long)
-    metrics, image_ranks, text_ranks = retrieval_metrics(image_features, text_features, caption_image,
-                                                         chunk_elements=args.chunk_elements, tie_rule=args.tie_rule)
-    card = model_card(selected.card, token_counts, loaded.context_length, args.tie_rule, args.precision)
+    image_bounds, text_bounds = retrieval_rank_bounds(image_features, text_features, caption_image,
+                                                      chunk_elements=args.chunk_elements)
+    image_ranks, text_ranks = image_bounds.reported, text_bounds.reported
+    metrics = recall_metrics(image_ranks, text_ranks, RETRIEVAL_KS)
+    ties = {"image_to_text": tie_report(image_bounds, RETRIEVAL_KS),
+            "text_to_image": tie_report(text_bounds, RETRIEVAL_KS)}
+    card = model_card(selected.card, token_counts, loaded.context_length, args.tie_rule, args.precision, ties)
     numbers = {
         "num_images": len(data.image_paths),
         "num_captions": len(data.captions),
         "captions_over_context": card["captions_over_context"],
+        "caption_length_tokenizer": tokenizer_name(loaded.tokenizer),
         "metrics": metrics,
+        "ties": ties,
         "recall_by_length": recall_at_1_by_length(image_ranks, text_ranks, caption_image,
                                                   token_counts, args.bucket_edges),
         "protocol_card": card,
@@ -217,11 +242,11 @@ def evaluate_retrieval(loaded: LoadedModel, selected: SelectedBenchmark, args) -
 def evaluate_perturbation(loaded: LoadedModel, data: RetrievalSet, name: str, image_features: torch.Tensor,
                           caption_image: torch.Tensor, intact: dict, args) -> dict:
     """R@1 on the perturbed captions (same images, same model) and its change against the intact captions."""
-    captions = perturb_captions(data.captions, name, args.perturb_seed)
+    captions = perturb_captions(data.captions, name, args.perturb_seed, loaded.tokenizer)
     text_features, _ = encode_captions(loaded.model, loaded.tokenizer, captions, batch_size=args.text_batch_size,
                                        **_encoding_options(args))
     metrics, _, _ = retrieval_metrics(image_features, text_features, caption_image, ks=(1,),
-                                      chunk_elements=args.chunk_elements, tie_rule=args.tie_rule)
+                                      chunk_elements=args.chunk_elements)
     row = {"perturbation": name,
            "captions_changed": sum(a != b for a, b in zip(data.captions, captions)),
            "captions_emptied": sum(bool(a.strip()) and not b.strip() for a, b in zip(data.captions, captions))}
@@ -238,14 +263,16 @@ def evaluate_zero_shot(loaded: LoadedModel, selected: SelectedBenchmark, args) -
         classifier = build_zero_shot_classifier(
             loaded.model, loaded.tokenizer, data.classnames, OPENAI_IMAGENET_TEMPLATES,
             num_classes_per_batch=10, device=args.device, use_tqdm=not args.no_progress)
-    image_features = encode_images(loaded.model, loaded.preprocess, data.image_paths,
+    image_features = encode_images(loaded.model, image_preprocess(loaded, selected.benchmark), data.image_paths,
                                    batch_size=args.batch_size, **_encoding_options(args))
-    ranks = target_ranks(image_features, classifier.t().float(), torch.tensor(data.labels, dtype=torch.long),
-                         chunk_elements=args.chunk_elements, tie_rule=args.tie_rule)
-    accuracy = recall_at_k(ranks, (1, 5))
+    bounds = target_rank_bounds(image_features, classifier.t().float(), torch.tensor(data.labels, dtype=torch.long),
+                                chunk_elements=args.chunk_elements)
+    accuracy = recall_at_k(bounds.reported, (1, 5))
+    ties = {"image_to_class": tie_report(bounds, (1, 5))}
     return {"num_images": len(data.image_paths), "num_classes": len(data.classnames),
-            "metrics": {"top1": accuracy[1], "top5": accuracy[5]},
-            "protocol_card": model_card(selected.card, None, loaded.context_length, args.tie_rule, args.precision)}
+            "metrics": {"top1": accuracy[1], "top5": accuracy[5]}, "ties": ties,
+            "protocol_card": model_card(selected.card, None, loaded.context_length, args.tie_rule, args.precision,
+                                        ties)}
 
 
 def _checkpoint_of(spec: ModelSpec) -> Optional[str]:
@@ -278,7 +305,8 @@ def write_outputs(args, models: List[dict], results: List[dict], pending: Sequen
         "complete": not pending, "models_pending": list(pending),
         "device": args.device, "precision": args.precision,
         "tie_rule": args.tie_rule, "tie_rule_meaning": TIE_RULES[args.tie_rule],
-        "caption_length": "open_clip SimpleTokenizer tokens, untruncated, start and end tokens included",
+        "caption_length": "tokens of each model's own tokenizer (each result's caption_length_tokenizer), "
+                          "untruncated, its special tokens included",
         "length_bucket_edges": args.bucket_edges,
         "perturbations": args.perturbations, "perturb_seed": args.perturb_seed,
         "bucket_by_column": args.bucket_by_column, "bucket_column_edges": args.column_edges,

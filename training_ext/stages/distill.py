@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from open_clip_ext.state_dicts import is_image_side_key
+from open_clip_ext.tokens import trim_padding, trims_padding_exactly
 from open_clip_train.train import backward
 
 from training_ext.engine.checkpoint import ensure_finite
 from training_ext.engine.distributed import no_sync_unless
 from training_ext.stages.cached_targets import distillation_output
-from training_ext.stages.text_inputs import teacher_ids, text_context_length, text_tower_has_relative_positions, trim_padding
+from training_ext.stages.text_inputs import TeacherInputs
 
 
 def distillation_losses(student: torch.Tensor, teacher: torch.Tensor, weights: Dict[str, float]) -> Dict[str, torch.Tensor]:
@@ -47,10 +48,10 @@ class StudentTextFeatures(nn.Module):
     def __init__(self, clip_model: nn.Module):
         super().__init__()
         self.clip = clip_model
-        self.trim = text_tower_has_relative_positions(clip_model)
+        self.trim = trims_padding_exactly(clip_model)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        features = self.clip.encode_text(trim_padding(ids) if self.trim else ids)
+        features = self.clip.encode_text(trim_padding(ids, self.clip) if self.trim else ids)
         return distillation_output(self.clip, features)  # to a cached teacher's width, if it differs
 
 
@@ -62,22 +63,25 @@ def freeze_all_but_text(clip_model: nn.Module) -> None:
 
 
 class TeacherTextFeatures:
-    """The frozen teacher's text features for the student's ids (first `context` tokens, EOT kept)."""
+    """The frozen teacher run on its own view of each caption of a batch (``TeacherInputs``)."""
 
-    def __init__(self, teacher: nn.Module):
+    def __init__(self, teacher: nn.Module, inputs: TeacherInputs):
         self.teacher = teacher.eval().requires_grad_(False)
-        self.context = text_context_length(teacher)
+        self.inputs = inputs
 
     @torch.no_grad()
-    def __call__(self, student_ids: torch.Tensor) -> torch.Tensor:
-        return self.teacher.encode_text(teacher_ids(student_ids, self.context))
+    def __call__(self, ids: torch.Tensor):
+        """A batch's ids (``inputs.data_tokenizer``'s) -> ((B, Ls) int64 student ids, (B, D) teacher features)."""
+        student_ids, teacher_ids = self.inputs.split(ids)
+        return student_ids, self.teacher.encode_text(teacher_ids)
 
 
 def make_distill_step(student: nn.Module, teacher: TeacherTextFeatures, weights: Dict[str, float], device,
                       autocast: Callable, scaler, distributed: bool) -> Callable:
     """The stage-1 step over k micro-batches: each loss is divided by k, which makes the summed gradient the
     gradient of the mean over all k*B samples (the k-times larger batch). A batch ``(ids, target)`` brings its
-    teacher target from a cache (``teacher`` may then be None); a batch ``(ids,)`` runs the teacher."""
+    teacher target from a cache (``teacher`` may then be None); a batch ``(ids,)`` runs the teacher, which takes
+    the student's ids and its own from them (``TeacherInputs.split``)."""
 
     def step(micro_batches: List[tuple]) -> Dict[str, float]:
         totals: Dict[str, float] = {}
@@ -88,7 +92,7 @@ def make_distill_step(student: nn.Module, teacher: TeacherTextFeatures, weights:
                 target = cached[0].to(device=device, non_blocking=True)
             else:
                 with autocast():
-                    target = teacher(ids)
+                    ids, target = teacher(ids)
             with no_sync_unless(student, sync=index == count - 1):
                 with autocast():
                     features = student(ids)

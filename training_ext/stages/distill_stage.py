@@ -6,6 +6,7 @@ with the student's text tower.
 """
 import logging
 
+import open_clip
 import torch
 from open_clip_train.precision import get_autocast
 
@@ -19,6 +20,7 @@ from training_ext.stages.cached_targets import attach_target_map, open_run_cache
 from training_ext.stages.distill import (StudentTextFeatures, TeacherTextFeatures, freeze_all_but_text,
                                          make_distill_step)
 from training_ext.stages.flags import DistillFlags
+from training_ext.stages.text_inputs import TeacherInputs
 
 
 def init_student_from_teacher(student, teacher, teacher_name: str) -> None:
@@ -74,6 +76,13 @@ class DistillStage(DistillFlags, TrainingStage):
         return models
 
     def train_data(self, args, tokenizer, epoch, models):
+        if models.extras["cache"] is None:  # the live teacher reads its own tokenizer's view of each caption
+            teacher = models.extras["teacher"]
+            teacher_tokenizer = open_clip.get_tokenizer(args.teacher_model, context_length=int(teacher.context_length),
+                                                        cache_dir=args.cache_dir)
+            inputs = models.extras["teacher_inputs"] = TeacherInputs(tokenizer, teacher_tokenizer)
+            logging.info(f"teacher inputs: {inputs.describe()}")
+            tokenizer = inputs.data_tokenizer
         return get_text_data(args, tokenizer, epoch=epoch, teacher_cache=models.extras["cache"])
 
     def training_module(self, models):
@@ -81,6 +90,7 @@ class DistillStage(DistillFlags, TrainingStage):
 
     def make_step(self, args, device, trained, models, scaler):
         cached = models.extras["cache"] is not None
-        live_teacher = None if cached else TeacherTextFeatures(models.extras["teacher"])  # cached batches bring targets
+        live_teacher = None if cached else TeacherTextFeatures(models.extras["teacher"],  # cached batches bring targets
+                                                               models.extras["teacher_inputs"])
         autocast = get_autocast(args.precision, device_type=device.type)
         return make_distill_step(trained, live_teacher, args.distill_loss, device, autocast, scaler, args.distributed)

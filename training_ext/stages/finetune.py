@@ -13,12 +13,12 @@ import torch
 from open_clip.loss import ClipLoss
 from torch import nn
 
+from open_clip_ext.tokens import trim_padding, trims_padding_exactly
 from open_clip_train.train import backward
 
 from training_ext.engine.checkpoint import ensure_finite
 from training_ext.engine.distributed import no_sync_unless
 from training_ext.stages.pcm import PrincipalComponentMatchingLoss, SmoothedClipLoss
-from training_ext.stages.text_inputs import text_tower_has_relative_positions, trim_padding
 
 
 class ClipFeatures(nn.Module):
@@ -28,19 +28,19 @@ class ClipFeatures(nn.Module):
     def __init__(self, clip_model: nn.Module):
         super().__init__()
         self.clip = clip_model
-        self.trim = text_tower_has_relative_positions(clip_model)
+        self.trim = trims_padding_exactly(clip_model)
 
     def _encode_texts(self, long_ids: torch.Tensor, short_ids: Optional[torch.Tensor]):
         if short_ids is None:
             return self.clip.encode_text(self._trimmed(long_ids), normalize=True), None
         if self.trim:  # short captions are far shorter than long ones: trim each batch on its own
-            return (self.clip.encode_text(trim_padding(long_ids), normalize=True),
-                    self.clip.encode_text(trim_padding(short_ids), normalize=True))
+            return (self.clip.encode_text(trim_padding(long_ids, self.clip), normalize=True),
+                    self.clip.encode_text(trim_padding(short_ids, self.clip), normalize=True))
         both = self.clip.encode_text(torch.cat([long_ids, short_ids]), normalize=True)
         return both[: len(long_ids)], both[len(long_ids):]
 
     def _trimmed(self, ids: torch.Tensor) -> torch.Tensor:
-        return trim_padding(ids) if self.trim else ids
+        return trim_padding(ids, self.clip) if self.trim else ids
 
     def forward(self, images: torch.Tensor, long_ids: torch.Tensor, short_ids: Optional[torch.Tensor] = None):
         image = self.clip.encode_image(images, normalize=True)

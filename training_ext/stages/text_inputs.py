@@ -1,37 +1,66 @@
-"""Token ids as the towers read them: the teacher's 77-token view and padding-free student batches."""
+"""The teacher's view of a stage-1 caption: what the teacher's own tokenizer makes of it at the teacher's context.
+
+Stage 1 feeds one batch of captions to two towers. The student reads its own tokenizer's ids; the teacher must read
+exactly what its own tokenizer gives at its own context length, special ids and cut included (MetaCLIP 2 ends a
+caption with ``</s>``, not CLIP's end id). When both towers share one tokenizer that cuts a long caption by keeping
+its first ``context - 1`` ids and writing its end id last, the teacher's ids are cut from the student's; otherwise
+each caption is tokenized twice and the batch carries both.
+"""
+from typing import Callable, List, Tuple, Union
+
 import torch
 
-from open_clip_ext import EOT_TOKEN_ID, truncate_tokens
+from open_clip_ext.tokens import same_tokenizer, token_layout, truncate_tokens
 
 
-def text_context_length(model) -> int:
-    """Context length of a CLIP / CustomTextCLIP model (both expose it as ``context_length``)."""
-    return int(model.context_length)
+class PairedTokenizer:
+    """``tokenizer(texts)`` -> (N, Ls + Lt) int64: each caption's ids from ``student`` (Ls = its context length)
+    followed by its ids from ``teacher`` (Lt). A tokenizer for the data loaders, which keep one tensor per
+    sample; ``TeacherInputs.split`` takes the two apart."""
+
+    def __init__(self, student: Callable, teacher: Callable):
+        self.student, self.teacher = student, teacher
+
+    def __call__(self, texts: Union[str, List[str]]) -> torch.Tensor:
+        return torch.cat([self.student(texts), self.teacher(texts)], dim=1)
 
 
-def teacher_ids(student_ids: torch.Tensor, teacher_context: int) -> torch.Tensor:
-    """The teacher's input derived from the student's 248-token ids (first tokens, EOT kept last)."""
-    return truncate_tokens(student_ids, teacher_context)
+class TeacherInputs:
+    """Where stage 1's live teacher gets its ids: cut from the student's (``derived``) or tokenized alongside them.
 
-
-def text_tower_has_relative_positions(model) -> bool:
-    """True when the text tower has no absolute positional table, so it accepts inputs shorter than its context.
-
-    Stock open_clip towers add a fixed-length positional embedding and need full-length inputs.
+    ``derived`` holds when the two tokenizers write the same ids (``open_clip_ext.tokens.same_tokenizer``), their
+    cut keeps the end id (``TokenLayout.cut_keeps_end``) and the student's context is at least the teacher's.
+    ``data_tokenizer`` is what the training data must tokenize with; ``split`` turns its batches into the two views.
     """
-    tower = getattr(model, "text", model)
-    return getattr(tower, "positional_embedding", None) is None
 
+    def __init__(self, student_tokenizer: Callable, teacher_tokenizer: Callable):
+        self.student_length = int(student_tokenizer.context_length)
+        self.teacher_length = int(teacher_tokenizer.context_length)
+        try:
+            layout = token_layout(teacher_tokenizer)
+        except TypeError:  # special ids unknown: the teacher's tokenizer runs on every caption, which is exact
+            layout = None
+        self.end_id = layout.end if layout else None
+        self.derived = (layout is not None and layout.cut_keeps_end and self.student_length >= self.teacher_length
+                        and same_tokenizer(student_tokenizer, teacher_tokenizer))
+        self.data_tokenizer = (student_tokenizer if self.derived
+                               else PairedTokenizer(student_tokenizer, teacher_tokenizer))
 
-def trim_padding(ids: torch.Tensor) -> torch.Tensor:
-    """Drop the padding columns after the last EOT of the batch.
+    def describe(self) -> str:
+        if self.derived:
+            return (f"the teacher reads the student's ids cut to {self.teacher_length} (one tokenizer, end id "
+                    f"{self.end_id} kept last)")
+        return f"each caption is tokenized by the student's and by the teacher's tokenizer ({self.teacher_length} ids)"
 
-    With causal attention and EOT pooling nothing after EOT reaches the pooled feature, so a relative-position
-    tower gives identical features on the trimmed batch, at a fraction of the cost when captions are shorter
-    than the context (every short caption, most long ones).
-    """
-    eot_positions = (ids == EOT_TOKEN_ID).int().argmax(dim=-1)
-    has_eot = (ids == EOT_TOKEN_ID).any(dim=-1)
-    if not bool(has_eot.all()):
-        return ids  # a row without EOT: cannot tell where it ends, keep everything
-    return ids[:, : int(eot_positions.max()) + 1]
+    def split(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A batch of ``data_tokenizer`` ids, int64 -> ((B, Ls) student ids, (B, Lt) teacher ids), both int64.
+
+        Raises ValueError for a paired batch of another width than Ls + Lt.
+        """
+        if self.derived:
+            return ids, truncate_tokens(ids, self.teacher_length, self.end_id)
+        if ids.shape[-1] != self.student_length + self.teacher_length:
+            raise ValueError(f"expected {self.student_length} + {self.teacher_length} ids per caption (student's, "
+                             f"then teacher's), got {ids.shape[-1]}")
+        return ids[:, :self.student_length], ids[:, self.student_length:]
+

@@ -136,6 +136,22 @@ def test_relative_position_models_are_refused_with_the_right_exporter_named(tmp_
         export_clip(make_model(name), tmp_path)
 
 
+def test_a_tower_pooled_at_another_tokenizers_end_id_is_refused(tmp_path):
+    """MetaCLIP 2's towers pool at ``</s>`` (id 2 in XLM-V): transformers' CLIP is CLIP's vocabulary by construction."""
+    import open_clip
+    from open_clip_ext.configs import register_model_config
+
+    cfg = open_clip.get_model_config(STOCK)
+    cfg["text_cfg"].update(pool_type="eos", eos_id=2)
+    register_model_config("tiny-clip-eos-2-export-test", cfg)
+    try:
+        model = open_clip.create_model("tiny-clip-eos-2-export-test")
+    finally:
+        open_clip.factory._MODEL_CONFIGS.pop("tiny-clip-eos-2-export-test")
+    with pytest.raises(ExportError, match="eos_id 2.*a tower of another tokenizer cannot be exported as CLIP"):
+        export_clip(model, tmp_path)
+
+
 def test_exported_processor_carries_model_preprocessing(tmp_path):
     model = make_model(LONGCLIP)
     export_clip(model, tmp_path)

@@ -65,7 +65,7 @@ def test_csv_cache_holds_the_teachers_features(tmp_path, teacher_file):
     # The 248-token student ids cut to 77 (what stage 1 feeds a live teacher) give the cached targets too.
     student_ids = open_clip.get_tokenizer("tiny-clip-rope-248")(CAPTIONS)
     with torch.no_grad():
-        live = teacher.encode_text(open_clip_ext.truncate_tokens(student_ids, 77))
+        live = teacher.encode_text(open_clip_ext.truncate_tokens(student_ids, 77, tokenize.eot_token_id))
     torch.testing.assert_close(cache.embeddings(rows), live, atol=1e-5, rtol=1e-5)
     with pytest.raises(TeacherCacheError, match="another caption"):
         cache.row("row0", "a different caption")

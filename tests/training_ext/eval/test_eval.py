@@ -9,7 +9,6 @@ import torch
 
 from training_ext.eval.runner import main, parse_model_spec
 from training_ext.eval.features import encode_captions, encode_images
-from training_ext.eval.length_buckets import caption_token_count
 
 from support.benchmark_fixtures import make_coco, make_flickr30k, make_imagenet, make_urban1k
 from support.data_prep_fixtures import load_script
@@ -85,6 +84,7 @@ def test_models_checkpoints_and_context_are_reported(eval_run):
     buckets = urban["tiny-clip"]["recall_by_length"]
     assert [b["bucket"] for b in buckets] == ["<=77", "78-154", "155-248", ">248"]
     assert [b["num_captions"] for b in buckets] == [2, 2, 2, 2]
+    assert {r["caption_length_tokenizer"] for r in urban.values()} == {"SimpleTokenizer"}  # counted by each model's
     assert {r["protocol"] for r in saved["results"] if r["benchmark"] == "flickr30k-karpathy-1k"} == {
         next(r["protocol"] for r in saved["results"] if r["benchmark"] == "flickr30k-karpathy-1k")}
 
@@ -105,7 +105,7 @@ def test_batched_encoding_with_workers_matches_one_at_a_time(tmp_path):
     texts, counts = encode_captions(model, tokenizer, data["captions"], batch_size=2, workers=1, show_progress=False)
     assert torch.allclose(images, naive_image_features(model, preprocess, data["image_paths"]), atol=1e-5)
     assert torch.allclose(texts, naive_text_features(model, tokenizer, data["captions"]), atol=1e-5)
-    assert counts == [caption_token_count(c) for c in data["captions"]]
+    assert counts == (tokenizer(data["captions"], context_length=1000) != 0).sum(dim=1).tolist()  # CLIP pads with 0
 
 
 def test_model_spec_parsing():

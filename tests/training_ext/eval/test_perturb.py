@@ -11,7 +11,7 @@ from PIL import Image
 
 from training_ext.common.captions import first_sentence
 from training_ext.eval.datasets import BENCHMARKS, RetrievalSet
-from training_ext.eval.length_buckets import caption_token_count
+from open_clip import SimpleTokenizer
 from training_ext.eval.perturb import parse_perturbations, perturb_captions, split_sentences
 from training_ext.eval.protocol_card import dataset_card
 from training_ext.eval.runner import LoadedModel, ModelSpec, SelectedBenchmark, evaluate_retrieval, main
@@ -35,11 +35,14 @@ def test_sentences_and_the_three_perturbations():
 def test_cut_keeps_what_a_77_token_model_sees():
     long = "The " + "very " * 120 + "END of it."
     short = "A Short caption, kept exactly."
-    cut, kept = perturb_captions([long, short], "cut-77")
+    tokenizer = SimpleTokenizer()
+    cut, kept = perturb_captions([long, short], "cut-77", tokenizer=tokenizer)
     assert kept == short
-    assert caption_token_count(cut) == 77 and "end" not in cut
+    assert (tokenizer([cut], context_length=1000) != 0).sum() == 77 and "end" not in cut
     assert cut == " ".join(["the"] + ["very"] * 74)  # 75 text tokens + start + end
-    assert perturb_captions([long], "cut-10") == [" ".join(["the"] + ["very"] * 7)]
+    assert perturb_captions([long], "cut-10", tokenizer=tokenizer) == [" ".join(["the"] + ["very"] * 7)]
+    with pytest.raises(ValueError, match="pass tokenizer"):
+        perturb_captions([long], "cut-10")  # the cut counts with the evaluated model's tokenizer
 
 
 @pytest.mark.parametrize("text", ["cut-2", "cut-x", "reversed", "cut-77,cut-77"])
@@ -52,8 +55,11 @@ def test_unknown_perturbations_are_refused(text):
 # toy models: image i is one-hot e_(i+1) (read from the image's red value); a caption's embedding is e_(n+1) for the
 # number of the "item n" it mentions where the model looks (first sentence, or anywhere), else e_0 (ties everywhere)
 
-class ToyTokenizer:
+class ToyTokenizer(SimpleTokenizer):
+    """Toy ids; counting and cutting captions (cut-N, length buckets) read CLIP's BPE it inherits."""
+
     def __init__(self, only_first_sentence: bool):
+        super().__init__()
         self.only_first_sentence = only_first_sentence
 
     def __call__(self, captions):
@@ -81,7 +87,7 @@ def toy_preprocess(image):
     return torch.tensor([image.getpixel((0, 0))[0] / 20.0])
 
 
-def toy_run(tmp_path, captions, only_first_sentence, perturbations, tie_rule="against"):
+def toy_run(tmp_path, captions, only_first_sentence, perturbations, with_numbers=False):
     paths = []
     for i in range(len(captions)):
         paths.append(str(tmp_path / f"{i}.png"))
@@ -92,9 +98,11 @@ def toy_run(tmp_path, captions, only_first_sentence, perturbations, tie_rule="ag
     loaded = LoadedModel(ModelSpec("toy", "toy", None), ToyModel(len(captions)), toy_preprocess,
                          ToyTokenizer(only_first_sentence), 77)
     args = Namespace(batch_size=4, text_batch_size=4, workers=0, device="cpu", precision="fp32", no_progress=True,
-                     chunk_elements=7, tie_rule=tie_rule, bucket_edges=[77, 154, 248], perturbations=perturbations,
+                     chunk_elements=7, tie_rule="against", bucket_edges=[77, 154, 248], perturbations=perturbations,
                      perturb_seed=0, bucket_by_column=None, column_edges=None)
     numbers = evaluate_retrieval(loaded, selected, args)
+    if with_numbers:
+        return numbers
     return numbers["metrics"], {p["perturbation"]: p for p in numbers["perturbations"]}
 
 
@@ -110,11 +118,11 @@ def test_removing_the_first_sentence_of_a_first_sentence_model_drops_r1_to_zero(
     assert removed["captions_changed"] == 6 and removed["captions_emptied"] == 0
 
 
-def test_removing_the_first_sentence_under_the_peer_rule(tmp_path):
-    _, perturbed = toy_run(tmp_path, FIRST_SENTENCE_CAPTIONS, True, ["first-sentence-removed"], tie_rule="peer")
-    # all tied: only item 0 sorts first, in both directions
-    assert perturbed["first-sentence-removed"]["image_to_text_R@1"] == pytest.approx(100 / 6)
-    assert perturbed["first-sentence-removed"]["delta_text_to_image_R@1"] == pytest.approx(100 / 6 - 100)
+def test_the_tie_report_is_of_the_intact_captions(tmp_path):
+    numbers = toy_run(tmp_path, FIRST_SENTENCE_CAPTIONS, True, ["first-sentence-removed"], with_numbers=True)
+    # the perturbed captions tie everywhere (R@1 0 above), the intact ones nowhere: no R@1 is decided by a tie
+    for direction in ("image_to_text", "text_to_image"):
+        assert numbers["ties"][direction]["R@1"] == {"reported": 100.0, "optimistic": 100.0, "decided_by_ties": 0}
 
 
 def test_shuffling_keeps_exactly_the_captions_whose_first_sentence_stays_first(tmp_path):
@@ -142,19 +150,19 @@ def test_end_to_end_deltas_match_a_naive_recomputation(tmp_path, capsys):
     names = ["first-sentence-removed", "shuffled-sentences", "cut-77"]
     out = tmp_path / "out"
     main(["--model", "tiny-clip-rope-248", "--urban1k", root, "--perturb", ",".join(names), "--perturb-seed", "5",
-          "--tie-rule", "peer", "--output-dir", str(out), "--workers", "0", "--no-progress"])
+          "--output-dir", str(out), "--workers", "0", "--no-progress"])
     result = json.loads((out / "results.json").read_text())["results"][0]
     model, preprocess, tokenizer = build_model("tiny-clip-rope-248")
     images = naive_image_features(model, preprocess, data["image_paths"])
 
     def r1(captions):
         metrics, _, _ = naive_metrics(images @ naive_text_features(model, tokenizer, captions).t(),
-                                      data["caption_image"], ks=(1,), tie_rule="peer")
+                                      data["caption_image"], ks=(1,))
         return metrics
 
     intact = r1(data["captions"])
     for row, name in zip(result["perturbations"], names):
-        expected = r1(perturb_captions(data["captions"], name, seed=5))
+        expected = r1(perturb_captions(data["captions"], name, seed=5, tokenizer=tokenizer))
         assert row["perturbation"] == name
         for key in ("image_to_text_R@1", "text_to_image_R@1"):
             assert row[f"delta_{key}"] == pytest.approx(expected[key] - intact[key], abs=1e-6), (name, key)

@@ -119,9 +119,10 @@ def test_webdataset_batches_carry_the_cached_target_of_their_sample(tmp_path):
     args.world_size, args.rank = 1, 0
     data = get_text_data(args, open_clip.get_tokenizer(STUDENT), teacher_cache=TeacherCache(cache_dir))
     teacher_model = open_clip.create_model(TEACHER, pretrained=teacher).eval()
+    end_id = open_clip.get_tokenizer(TEACHER).eot_token_id
     batches = list(data.dataloader)
     assert sum(len(ids) for ids, _ in batches) == 6
     for ids, targets in batches:
         with torch.no_grad():
-            torch.testing.assert_close(targets, teacher_model.encode_text(truncate_tokens(ids, 77)),
+            torch.testing.assert_close(targets, teacher_model.encode_text(truncate_tokens(ids, 77, end_id)),
                                        atol=1e-4, rtol=1e-4)

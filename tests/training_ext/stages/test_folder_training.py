@@ -66,7 +66,7 @@ def test_cached_folder_batches_follow_the_line_drawn_each_epoch(tmp_path):
         data.set_epoch(epoch)
         ids, targets = next(iter(data.dataloader))
         with torch.no_grad():  # each target is the teacher's embedding of exactly the caption in the batch
-            live = teacher_model.encode_text(truncate_tokens(ids, 77))
+            live = teacher_model.encode_text(truncate_tokens(ids, 77, tokenizer.eot_token_id))
         torch.testing.assert_close(targets, live, atol=1e-4, rtol=1e-4)
         drawn.append({tuple(row.tolist()) for row in ids})
     assert drawn[0] != drawn[1]  # other caption lines in the next epoch

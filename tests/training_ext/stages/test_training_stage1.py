@@ -12,7 +12,7 @@ import open_clip_ext
 from open_clip.transformer import VisionTransformer
 from training_ext import main_distill_rope
 from training_ext.stages.distill import distillation_losses
-from training_ext.stages.text_inputs import teacher_ids, trim_padding
+from training_ext.stages.text_inputs import TeacherInputs
 from support.training_helpers import STUDENT, TEACHER, distill_args, long_caption, save_stock_teacher, write_csv
 
 
@@ -40,16 +40,22 @@ def test_distillation_losses_match_their_definitions():
 
 def test_teacher_ids_equal_tokenizing_at_77():
     captions = [long_caption(3, sentences=12), "a short one", long_caption(5, sentences=2)]
-    ids248 = open_clip.get_tokenizer(STUDENT)(captions)
+    student_tokenizer, teacher_tokenizer = open_clip.get_tokenizer(STUDENT), open_clip.get_tokenizer(TEACHER)
+    inputs = TeacherInputs(student_tokenizer, teacher_tokenizer)
+    assert inputs.derived and inputs.data_tokenizer is student_tokenizer  # one tokenizer: cut, not re-tokenized
+    ids248 = student_tokenizer(captions)
     assert ids248.shape[1] == 248
-    torch.testing.assert_close(teacher_ids(ids248, 77), open_clip.get_tokenizer(TEACHER)(captions), rtol=0, atol=0)
+    student_ids, teacher_ids = inputs.split(ids248)
+    assert student_ids is ids248
+    torch.testing.assert_close(teacher_ids, teacher_tokenizer(captions), rtol=0, atol=0)
 
 
 def test_trimmed_batch_gives_the_padded_features():
     model = open_clip.create_model("tiny-clip-cope-248").eval()
-    ids = open_clip.get_tokenizer(STUDENT)(["two words", long_caption(2)])
-    trimmed = trim_padding(ids)
-    assert trimmed.shape[1] < 248 and trimmed.shape[1] == int((ids == open_clip_ext.EOT_TOKEN_ID).int().argmax(1).max()) + 1
+    tokenizer = open_clip.get_tokenizer(STUDENT)
+    ids = tokenizer(["two words", long_caption(2)])
+    trimmed = open_clip_ext.trim_padding(ids, model)
+    assert trimmed.shape[1] < 248 and trimmed.shape[1] == int((ids == tokenizer.eot_token_id).int().argmax(1).max()) + 1
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(trimmed), model.encode_text(ids), rtol=0, atol=1e-6)
 
