@@ -12,6 +12,11 @@ def clean_caption(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def short_caption_for(long_caption: str, given_short=None) -> str:
+    """A given (non-empty) short caption wins; otherwise the first sentence of the long caption."""
+    return clean_caption(given_short or "") or first_sentence(long_caption)
+
+
 def first_sentence(text: str) -> str:
     """The first sentence of a caption: TULIP's and Long-CLIP's short caption for a long one.
 

@@ -34,7 +34,7 @@ import mmap
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 from training_ext.common.text_files import ENCODING, read_arrow_csv, text_stream
 
@@ -43,7 +43,7 @@ _SEPARATOR_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "'|'"}
 _BOM = b"\xef\xbb\xbf"
 REQUOTE_COMMAND = "python scripts/requote_csv.py"
 # a whole quoted field: opening quote, any bytes but a lone quote, closing quote
-_QUOTED_FIELD = re.compile(rb'"(?:[^"]|"")*"')
+_QUOTED_FIELD = re.compile(rb'"[^"]*(?:""[^"]*)*"')
 
 
 class CsvFormatError(ValueError):
@@ -68,10 +68,12 @@ class CsvTable:
     """
     path: str
     header: List[str]
-    columns: Dict[str, List[str]]    # column name -> one value per data row
+    columns: Dict[str, Sequence[str]]  # column name -> one value per data row (a list, or an Arrow array)
     rows: int = 0
     separator: str = DEFAULT_SEPARATOR
     multiline_rows: int = 0          # data rows holding a quoted field that spans lines
+    first_data_line: Optional[int] = None  # set when every record is one line and no line is empty: line = this + row
+    record_starts: Optional[object] = None  # then also (rows + 1,) int64 byte offsets: row r is [starts[r], starts[r+1])
     _lines: Optional[List[int]] = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -84,10 +86,16 @@ class CsvTable:
             self._lines = record_start_lines(self.path, self.separator)[1:]
         return self._lines
 
+    def line(self, row: int) -> int:
+        """The file line (from 1) where data row ``row`` starts."""
+        if self.first_data_line is not None:
+            return self.first_data_line + int(row)
+        return self.lines[row]
+
     def where(self, row: int) -> str:
         """``<path> line <n>, data row <row>``: how messages point at a data row (rows count from 0, as the teacher
         cache's ``row<N>`` keys do)."""
-        return f"{self.path} line {self.lines[row]}, data row {row}"
+        return f"{self.path} line {self.line(row)}, data row {row}"
 
 
 def _separator_name(separator: str) -> str:
@@ -142,42 +150,54 @@ def _read_header(path: str, separator: str):
     raise CsvFormatError(f"{path}: empty file (no header line)")
 
 
-def _field_starts(data, separator: bytes, start: int) -> Iterator[int]:
-    """Ascending offsets of the double quotes that start a line or follow the separator (``mmap.find``: fast, no
-    copy of the file)."""
-    if data[start:start + 1] == b'"':
-        yield start
-    patterns = (separator + b'"', b'\n"')
-    found = [data.find(pattern, start) for pattern in patterns]
-    while True:
-        live = [(position, index) for index, position in enumerate(found) if position >= 0]
-        if not live:
-            return
-        position, index = min(live)
-        found[index] = data.find(patterns[index], position + 1)
-        yield position + len(patterns[index]) - 1
+def _check_quoted_fields(path: str, separator: str) -> bool:
+    """Every field that starts with a double quote is a whole quoted field (see the module docstring).
 
-
-def _check_quoted_fields(path: str, separator: str) -> None:
-    """Every field that starts with a double quote is a whole quoted field (see the module docstring). Each quoted
-    field is matched once, from its opening quote, so a quote inside it is never taken for another field's start."""
+    One pass of ``mmap.find`` for quote characters: a quote after the separator, a line break or the file's start
+    opens a quoted field, which is matched whole (so the quotes inside it are skipped, never taken for another
+    field's start); any other quote is one inside an unquoted field, read verbatim. Returns whether a quoted field
+    holds a line break (only a quoted field can span lines)."""
+    spans_lines = False
     if os.path.getsize(path) == 0:
-        return
+        return spans_lines
     sep = separator.encode(ENCODING)
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         start = len(_BOM) if data[:len(_BOM)] == _BOM else 0
-        covered = start
-        for position in _field_starts(data, sep, start):
-            if position < covered:
-                continue
-            match = _QUOTED_FIELD.match(data, position)
-            if match is None:
-                _raise_at_record(path, separator, position, "a double quote that opens a field is never closed")
-            end = match.end()
-            if not (data[end:end + len(sep)] == sep or data[end:end + 1] in (b"\r", b"\n", b"")):
-                _raise_at_record(path, separator, position,
-                                 "a quoted field is followed by more text before the separator or the line end")
-            covered = end
+        position = data.find(b'"', start)
+        while position >= 0:
+            if position == start or data[position - 1:position] in (sep, b"\n", b"\r"):
+                match = _QUOTED_FIELD.match(data, position)
+                if match is None:
+                    _raise_at_record(path, separator, position, "a double quote that opens a field is never closed")
+                end = match.end()
+                if not (data[end:end + len(sep)] == sep or data[end:end + 1] in (b"\r", b"\n", b"")):
+                    _raise_at_record(path, separator, position,
+                                     "a quoted field is followed by more text before the separator or the line end")
+                if not spans_lines:
+                    field = match.group()
+                    spans_lines = b"\n" in field or b"\r" in field
+                position = data.find(b'"', end)
+            else:
+                position = data.find(b'"', position + 1)
+    return spans_lines
+
+
+def line_starts(path: str, chunk: int = 1 << 26):
+    """(lines + 1,) int64: the byte offset where each line of ``path`` starts, then the file's size (so line i is
+    ``[starts[i], starts[i + 1])``); a final line feed starts no line. Found in chunks with numpy."""
+    import numpy as np
+    parts, offset = [np.zeros(1, dtype=np.int64)], 0
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(chunk)
+            if not block:
+                break
+            parts.append(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10).astype(np.int64) + offset + 1)
+            offset += len(block)
+    starts = np.concatenate(parts)
+    if starts[-1] != offset:
+        starts = np.append(starts, offset)  # the last line has no line feed: its end is the file's end
+    return starts
 
 
 def _raise_at_record(path: str, separator: str, byte_offset: int, what: str):
@@ -237,13 +257,16 @@ def _check_multiline(path: str, separator: str, header: List[str], arrow_columns
 
 
 def read_csv_table(path: str, columns_by_flag: Mapping[str, Optional[str]],
-                   separator: str = DEFAULT_SEPARATOR, image_key: Optional[str] = None) -> CsvTable:
+                   separator: str = DEFAULT_SEPARATOR, image_key: Optional[str] = None,
+                   arrow: bool = False) -> CsvTable:
     """Read ``path`` by the rules above, keeping the columns named in ``columns_by_flag`` ({flag that names the
     column, e.g. ``--csv-caption-key``: column name}; a None column is not wanted).
 
     ``image_key`` names the image column for the multi-line check when the caller does not read it (stage 1 reads
     only captions); a name that is not in the header falls back to the field-count rule. A ``--csv-img-key`` entry
-    of ``columns_by_flag`` is used when ``image_key`` is not given.
+    of ``columns_by_flag`` is used when ``image_key`` is not given. With ``arrow``, each column is one
+    ``pyarrow.ChunkedArray`` of large strings (flat buffers, no Python object per row: what the training datasets
+    keep), else a list of ``str``.
 
     Raises FileNotFoundError; TextDecodeError (a file that is not UTF-8: line and byte offset); CsvColumnError (a
     column is missing: names the flag to set and, for a file written with another separator, ``--csv-separator``);
@@ -268,28 +291,38 @@ def read_csv_table(path: str, columns_by_flag: Mapping[str, Optional[str]],
                 f"{path}: no column {column!r} (the header, split at {_separator_name(separator)}s, has "
                 f"{', '.join(map(repr, header))}); set the column with {flag}" + _separator_hint(header, separator))
     image_key = image_key or wanted.get("--csv-img-key")
-    _check_quoted_fields(path, separator)
+    spans_lines = _check_quoted_fields(path, separator)
+    needed = set(wanted.values()) or set(header[:1])
     try:
-        arrow = read_arrow_csv(
+        arrow_table = read_arrow_csv(
             path,
             read_options=pa_csv.ReadOptions(column_names=header, skip_rows=0, block_size=1 << 24),
             parse_options=pa_csv.ParseOptions(delimiter=separator, quote_char='"', double_quote=True,
                                               newlines_in_values=True, ignore_empty_lines=True),
             convert_options=pa_csv.ConvertOptions(
+                # every column when a field spans lines (the multi-line check looks at all), else only those needed
+                include_columns=header if spans_lines else [name for name in header if name in needed],
                 column_types={name: pa.large_string() for name in header},
                 strings_can_be_null=False, quoted_strings_can_be_null=False))
     except pa.ArrowInvalid as error:
         _diagnose(path, separator, header, error)
     # the header is the first record: the reader was given the names, so it reads the header as a data row
-    arrow = arrow.slice(1)
+    arrow_table = arrow_table.slice(1)
     # every column takes part in the multi-line check: an unclosed quote in a column no one reads loses rows too
-    multiline = _check_multiline(path, separator, header, {name: arrow.column(name) for name in header}, image_key)
+    multiline = _check_multiline(path, separator, header, {name: arrow_table.column(name) for name in header},
+                                 image_key) if spans_lines else 0
     if multiline:
         logging.info(f"{path}: {multiline} rows hold a quoted field that spans lines (accepted as CSV writers "
                      f"quote them)")
-    columns = {column: arrow.column(column).to_pylist() for column in wanted.values()}
-    return CsvTable(path=path, header=header, columns=columns, rows=arrow.num_rows, separator=separator,
-                    multiline_rows=multiline)
+    columns = {column: arrow_table.column(column) for column in wanted.values()}
+    if not arrow:
+        columns = {column: values.to_pylist() for column, values in columns.items()}
+    # every record on one line and no empty line: a row's line is arithmetic, and its bytes are one line
+    starts = None if spans_lines else line_starts(path)
+    one_line_each = starts is not None and len(starts) - 1 == header_line + arrow_table.num_rows
+    return CsvTable(path=path, header=header, columns=columns, rows=arrow_table.num_rows, separator=separator,
+                    multiline_rows=multiline, first_data_line=header_line + 1 if one_line_each else None,
+                    record_starts=starts[header_line:] if one_line_each else None)
 
 
 def _diagnose(path: str, separator: str, header: List[str], error: Exception):

@@ -2,15 +2,14 @@
 
 Batches are tuples: ``(long_ids,)`` for text-only data (stage 1 never opens an image), and
 ``(images, long_ids, short_ids)`` for image data. Samples without a usable caption or image are skipped and counted
-by one policy for every source (training_ext.data.skips); CSVs are read by training_ext.common.csv_table. Built on open_clip_train.data's pieces (shard lists, shuffles,
-size discovery, DataInfo); open_clip's own CSV / webdataset builders yield only ``(image, text)`` pairs and always
+by one policy for every source (training_ext.data.skips); CSV datasets live in training_ext.data.csv_datasets. Built
+on open_clip_train.data's pieces (shard lists, shuffles, size discovery, DataInfo); open_clip's own CSV / webdataset builders yield only ``(image, text)`` pairs and always
 decode the image, which is what stage 1 must avoid.
 """
-import dataclasses
 import io
 import math
 import os
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 import webdataset as wds
@@ -23,8 +22,8 @@ from open_clip_train.data import (
 )
 
 from training_ext.stages.cached_targets import CachedTextSample, CsvCachedTargets, FolderCachedTargets
-from training_ext.common.captions import clean_caption, first_sentence
-from training_ext.common.csv_table import CsvTable, image_base, read_csv_table, resolve_image_path
+from training_ext.common.captions import first_sentence, short_caption_for
+from training_ext.data.csv_datasets import CsvImageTextDataset, CsvTextDataset
 from training_ext.data.folder import FolderDataset
 from training_ext.data.shard_checks import (EmptyDataError, ShardFieldCheck, StallWatchdog, sample_captions,
                                             sample_fields)
@@ -33,108 +32,6 @@ from training_ext.data.skips import NO_IMAGE, SkipLog, checked_caption, decode_i
 _WDS_SAMPLE_SHUFFLE = (5000, 1000)  # (bufsize, initial): open_clip_train's sample shuffle
 _WDS_SHARD_SHUFFLE = (2000, 500)
 _WDS_IMAGE_FIELDS = ("jpg", "png", "jpeg", "webp")
-
-
-def short_caption_for(long_caption: str, given_short: Optional[str]) -> str:
-    """A given (non-empty) short caption wins; otherwise the first sentence of the long caption."""
-    return clean_caption(given_short or "") or first_sentence(long_caption)
-
-
-# ----------------------------------------------------------------------------------------------------- CSV
-
-def _captioned_rows(table: CsvTable, key: str, skips: SkipLog) -> List[Tuple[int, str]]:
-    """(data row, cleaned caption) of every row with a caption; a row whose caption is empty or blank is skipped and
-    counted, as a webdataset sample or a folder image without a caption is. Raises ValueError when none is left."""
-    rows = []
-    for row, text in enumerate(table.columns[key]):
-        caption, reason, _ = checked_caption(text, table.path)
-        if reason:
-            skips.skip(reason, f"{table.where(row)} column {key!r}")
-        else:
-            rows.append((row, caption))
-    if not rows:
-        raise ValueError(f"{table.path}: no row has a caption in column {key!r} ({len(table)} rows)")
-    return rows
-
-
-class CsvTextDataset(Dataset):
-    """Long captions of a CSV only: the image column is never read, so stage 1 opens no image file.
-
-    ``row_numbers[i]`` is the CSV data row of sample i (rows with an empty caption are left out), the row a teacher
-    cache's ``row<N>`` key names. Raises what ``read_csv_table`` raises, and ValueError when no row has a caption.
-    """
-
-    def __init__(self, path: str, caption_key: str, tokenizer: Callable, sep: str = "\t",
-                 skips: Optional[SkipLog] = None, image_key: Optional[str] = "filepath"):
-        self.skips = skips or SkipLog()
-        # the image column is not read, but it tells a caption with a line break from rows an unclosed quote swallowed
-        table = read_csv_table(path, {"--csv-caption-key": caption_key}, sep, image_key=image_key)
-        rows = _captioned_rows(table, caption_key, self.skips)
-        self.row_numbers = [row for row, _ in rows]
-        self.captions = [caption for _, caption in rows]
-        self.tokenize = tokenizer
-
-    def __len__(self):
-        return len(self.captions)
-
-    def __getitem__(self, index):
-        return (self.tokenize([self.captions[index]])[0],)
-
-
-class CsvImageTextDataset(Dataset):
-    """Image, long caption and short caption per CSV row (stage 2 training, stage 1 validation).
-
-    Relative image paths start from ``image_root``, else from the CSV's folder (training_ext.common.csv_table).
-    Every image file must exist before training starts (FileNotFoundError naming the row and path) unless
-    ``skip_missing``; an image that exists but cannot be decoded gives None from ``__getitem__`` (skipped and
-    counted: the loader's collate drops it). Raises what ``read_csv_table`` raises, and ValueError when no row is left.
-    """
-
-    def __init__(self, path: str, image_key: str, caption_key: str, tokenizer: Callable, transform: Callable,
-                 short_caption_key: Optional[str] = None, sep: str = "\t", skip_missing: bool = False,
-                 image_root: Optional[str] = None, skips: Optional[SkipLog] = None):
-        self.path = path
-        self.skips = skips or SkipLog()
-        table = read_csv_table(path, {"--csv-img-key": image_key, "--csv-caption-key": caption_key,
-                                      "--csv-short-caption-key": short_caption_key}, sep)
-        base = image_base(path, image_root)
-        rows = [
-            (row, resolve_image_path(table.columns[image_key][row], base), long,
-             short_caption_for(long, table.columns[short_caption_key][row] if short_caption_key else None))
-            for row, long in _captioned_rows(table, caption_key, self.skips)
-        ]
-        # messages name the file line, which is worked out only when one is needed (the columns are not kept twice)
-        self.where = dataclasses.replace(table, columns={}).where
-        self.rows = self._rows_with_images(rows, skip_missing)
-        self.tokenize = tokenizer
-        self.transform = transform
-
-    def _rows_with_images(self, rows: list, skip_missing: bool) -> list:
-        """A missing image file stops the run here (row and path named) unless skipping was asked for."""
-        present = []
-        for entry in rows:
-            row, image_path = entry[:2]
-            if os.path.isfile(image_path):
-                present.append(entry)
-            elif skip_missing:
-                self.skips.skip(NO_IMAGE, f"{self.where(row)}: {image_path}")
-            else:
-                raise FileNotFoundError(
-                    f"{self.where(row)}: image file not found: {image_path} (relative paths start from "
-                    f"--csv-image-root, else from the CSV's folder; pass --csv-skip-missing-images to drop such rows)")
-        if not present:
-            raise ValueError(f"{self.path}: no row has an existing image file")
-        return present
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, index):
-        row, image_path, long, short = self.rows[index]
-        pixels = decode_image(image_path, self.transform, self.skips, f"{self.where(row)}: {image_path}")
-        if pixels is None:
-            return None
-        return pixels, self.tokenize([long])[0], self.tokenize([short])[0]
 
 
 # ----------------------------------------------------------------------------------------------- synthetic

@@ -55,13 +55,13 @@ class OpenClipTrainCsvDataset(CsvImageTextDataset):
                          image_root=type(self).image_root)
 
     def __getitem__(self, index):
-        row, image_path, caption, _ = self.rows[index]
-        where = self.where(row)
+        image_path = self.image_paths[index]
+        where = self.where(self.row_numbers[index])
         pixels = decode_image(image_path, self.transform, self.skips, f"{where}: {image_path}")
         if pixels is None:
             raise RuntimeError(f"{where}: image {image_path} cannot be decoded; training_ext.main (open_clip_train's "
                                f"loop) cannot skip a sample: replace the file or remove the row")
-        return pixels, self.tokenize([caption])[0]
+        return pixels, self.tokenize([self.captions[index]])[0]
 
 
 def use_project_csv_reader(image_root: Optional[str] = None) -> None:

@@ -11,13 +11,14 @@ checkpoints and resume carry it; open_clip_ext's loader drops it when the checkp
 import logging
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from open_clip_ext.convert import DISTILL_TARGET_MAP
 from training_ext.common.captions import clean_caption
-from training_ext.data.keyed_captions import caption_field_for, csv_row_key, folder_line_key
+from training_ext.data.keyed_captions import caption_field_for, folder_line_key
 from training_ext.data.teacher_cache import (TeacherCache, TeacherCacheError, check_cache_matches, file_sha256,
                                         teacher_checkpoint_file)
 
@@ -93,11 +94,11 @@ class CsvCachedTargets(_CachedTargets):
     def __init__(self, dataset, cache: TeacherCache):
         super().__init__(dataset, cache)
         # the CSV's data rows, not the dataset's indices: rows with an empty caption are left out of the dataset
-        self.rows = [cache.row(csv_row_key(row), caption)
-                     for row, caption in zip(dataset.row_numbers, dataset.captions)]
+        keys = np.char.add(b"row", np.asarray(dataset.row_numbers).astype("S"))  # csv_row_key, vectorised
+        self.rows = cache.checked_rows(keys, dataset.captions)
 
     def row(self, index: int) -> int:
-        return self.rows[index]
+        return int(self.rows[index])
 
 
 class FolderCachedTargets(_CachedTargets):

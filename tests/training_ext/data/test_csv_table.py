@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from support.training_helpers import STUDENT, TEACHER, write_image
-from training_ext.common.captions import clean_caption
+from training_ext.common.captions import clean_caption, first_sentence
 from training_ext.common.csv_table import CsvColumnError, CsvFormatError, read_csv_table
 from training_ext.common.file_io import write_tsv
 from training_ext.data.keyed_captions import csv_captions
@@ -108,9 +108,9 @@ def test_every_reader_reads_what_standard_writers_wrote(tmp_path, monkeypatch, w
         assert [row[-1] for row in csv.reader(stream, delimiter="\t")][1:] == QUOTED  # and through the csv module
 
     assert read_csv_table(path, {"--csv-caption-key": "title"}).columns["title"] == expected
-    assert CsvTextDataset(path, "title", TOKENIZE).captions == cleaned                      # stage 1
+    assert list(CsvTextDataset(path, "title", TOKENIZE).captions) == cleaned                      # stage 1
     stage2 = CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS)          # stage 2, validation
-    assert [row[2] for row in stage2.rows] == cleaned
+    assert list(stage2.captions) == cleaned
     assert [r.caption for r in csv_captions(path)] == cleaned                              # teacher-cache precompute
     assert [s.caption for s in samples_from_csv(path)] == cleaned                          # data preparation
     assert read_caption_csv(path).captions == cleaned                                      # eval --csv / Long-DCI
@@ -260,7 +260,7 @@ def test_comma_separated_file_read_as_tab_separated_names_csv_separator(tmp_path
     with pytest.raises(BenchmarkError, match=r"no column 'filepath'.*--csv-img-key.*--csv-separator ','"):
         runner.load_benchmarks(runner.parse_args(["--model", TEACHER, "--csv", f"c={path}"]))
     # and the same file with the separator named, in training and in evaluation (eval takes training's flags)
-    assert CsvTextDataset(path, "title", TOKENIZE, sep=",").captions == ["a caption"]
+    assert list(CsvTextDataset(path, "title", TOKENIZE, sep=",").captions) == ["a caption"]
     write_image(str(tmp_path / "x.png"), 0)
     args = runner.parse_args(["--model", TEACHER, "--csv", f"c={path}", "--csv-separator", ",",
                               "--csv-img-key", "filepath", "--csv-caption-key", "title"])
@@ -272,7 +272,7 @@ def test_relative_image_paths_start_from_the_image_root_or_the_csv_folder(tmp_pa
     path, folder = _split(tmp_path, captions=QUOTED[:3])
     monkeypatch.chdir(tmp_path)  # not the CSV's folder: the working directory must not matter
     expected = [str(folder / "images" / f"{i}.png") for i in range(3)]
-    assert [row[1] for row in CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS).rows] == expected
+    assert list(CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS).image_paths) == expected
     assert read_caption_csv(path).image_paths == expected
     assert [s.image_path for s in samples_from_csv(path)] == expected
 
@@ -282,8 +282,8 @@ def test_relative_image_paths_start_from_the_image_root_or_the_csv_folder(tmp_pa
     os.replace(path, moved)
     with pytest.raises(FileNotFoundError, match=r"line 2, data row 0: image file not found: .*--csv-image-root"):
         CsvImageTextDataset(moved, "filepath", "title", TOKENIZE, PREPROCESS)
-    rows = CsvImageTextDataset(moved, "filepath", "title", TOKENIZE, PREPROCESS, image_root=str(folder)).rows
-    assert [row[1] for row in rows] == expected
+    dataset = CsvImageTextDataset(moved, "filepath", "title", TOKENIZE, PREPROCESS, image_root=str(folder))
+    assert list(dataset.image_paths) == expected
     assert read_caption_csv(moved, str(folder)).image_paths == expected
     assert [s.image_path for s in samples_from_csv(moved, image_root=str(folder))] == expected
     args = runner.parse_args(["--model", TEACHER, "--csv", f"held={moved}", "--csv-image-root", str(folder)])
@@ -293,7 +293,7 @@ def test_relative_image_paths_start_from_the_image_root_or_the_csv_folder(tmp_pa
     assert argv == ["--train-data", moved, "--epochs", "1"] and root == str(folder)
     open_clip_train_patches.use_project_csv_reader(root)
     dataset = open_clip_train.data.CsvDataset(moved, PREPROCESS, "filepath", "title", tokenizer=TOKENIZE)
-    assert [row[1] for row in dataset.rows] == expected
+    assert list(dataset.image_paths) == expected
 
 
 def test_open_clip_train_patch_is_checked_at_import(monkeypatch):
@@ -331,3 +331,34 @@ def test_rows_swallowed_by_a_column_no_one_reads_are_refused_too(tmp_path):
         ("filepath", "title", "note"), ("a.jpg", "one", '"opens'), ("b.jpg", "two", 'closes"'), ("c.jpg", "three", "")])
     with pytest.raises(CsvFormatError, match=rf"{path} line 2, data row 0: the quoted field of column 'note'"):
         CsvTextDataset(path, "title", TOKENIZE)
+
+
+@pytest.mark.parametrize("writer", ["csv-module", "pandas", "bom-crlf"])
+def test_one_line_records_are_read_from_the_file_and_equal_what_pandas_reads(tmp_path, writer):
+    from training_ext.data.csv_datasets import FileFields
+    one_line = [c for c in QUOTED if "\n" not in c and "\r" not in c] + ['"Quoted at the start," then more.', ""]
+    path, _ = _split(tmp_path, captions=one_line, writer=WRITERS[writer])
+    expected = _pandas_captions(path)
+    table = read_csv_table(path, {"--csv-caption-key": "title"})
+    assert table.record_starts is not None and len(table.record_starts) == len(one_line) + 1
+    assert [table.line(row) for row in range(len(table))] == record_lines(path)
+    stage1 = CsvTextDataset(path, "title", TOKENIZE)
+    assert isinstance(stage1.captions, FileFields)  # 8 bytes a row; the text is read from the file
+    kept = [i for i, caption in enumerate(expected) if caption.strip()]  # the empty caption is skipped
+    assert list(stage1.row_numbers) == kept and list(stage1.captions) == [clean_caption(expected[i]) for i in kept]
+    stage2 = CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS)
+    assert list(stage2.captions) == list(stage1.captions)
+    assert [stage2.short_caption(i) for i in range(len(stage2))] == [
+        first_sentence(clean_caption(expected[i])) for i in kept]
+
+
+def record_lines(path):
+    """The line where each data record starts, by the csv module (independent of the reader under test)."""
+    with open(path, newline="", encoding="utf-8-sig") as stream:
+        reader = csv.reader(stream, delimiter="\t")
+        starts, line = [], 1
+        for fields in reader:
+            if fields:
+                starts.append(line)
+            line = reader.line_num + 1
+    return starts[1:]

@@ -132,8 +132,8 @@ def test_webdataset_and_folder_keys(tmp_path, teacher_file):
         _add(tar, "000009.jpg", b"no caption: skipped as training skips it")
     _run(teacher_file, shard, tmp_path / "wds", "--wds-short-caption-key", "short.txt")
     cache = TeacherCache(str(tmp_path / "wds"))
-    assert list(cache.row_of) == ["000000", "000001", "000002", "000003"]
-    assert set(cache.row_of) == {s["__key__"] for s in read_shards_with_webdataset(str(shard)) if "txt" in s}
+    assert [key.decode() for key in cache.keys] == ["000000", "000001", "000002", "000003"]
+    assert {key.decode() for key in cache.keys} == {s["__key__"] for s in read_shards_with_webdataset(str(shard)) if "txt" in s}
     teacher, tokenize = _teacher(teacher_file), open_clip.get_tokenizer("tiny-clip")
     with torch.no_grad():
         expected = teacher.encode_text(tokenize([f"short {i}" for i in range(4)]))
@@ -149,7 +149,33 @@ def test_webdataset_and_folder_keys(tmp_path, teacher_file):
     (root / "orphan.jpg").write_bytes(b"jpg")
     _run(teacher_file, root, tmp_path / "folder_cache", "--workers", "1")  # tokenized in a worker process
     cache = TeacherCache(str(tmp_path / "folder_cache"))
-    assert sorted(cache.row_of) == ["a/x#0", "a/x#1", "b/y#0"]
-    assert cache.digests[cache.row_of["a/x#1"]] == caption_digest(CAPTIONS[1])
+    assert sorted(key.decode() for key in cache.keys) == ["a/x#0", "a/x#1", "b/y#0"]
+    assert cache.digests[cache.row("a/x#1")].decode() == caption_digest(CAPTIONS[1])
     raw = np.fromfile(tmp_path / "folder_cache" / "long.f32", dtype="<f4").reshape(3, 64)
     assert np.array_equal(raw, cache.embeddings(range(3)).numpy())
+
+
+def test_cache_index_lookups_are_vectorised_without_python_objects_per_row(tmp_path):
+    import pyarrow as pa
+    from training_ext.data.teacher_cache import fixed_width_bytes
+    keys = ["row0", "a/b#12", "ünïcode#0", "x" * 40, "row10"]
+    column = pa.chunked_array([pa.array(keys[:2], pa.large_string()), pa.array(keys[2:], pa.large_string())])
+    assert fixed_width_bytes(column).tolist() == [key.encode("utf-8") for key in keys]  # the naive encoding
+    assert fixed_width_bytes(pa.array(keys, pa.string()).slice(1, 3)).tolist() == [k.encode() for k in keys[1:4]]
+
+    header_args = dict(teacher="t", checkpoint_sha256="0" * 64, tokenizer_context_length=77, embedding_width=2,
+                       dataset_type="folder", dataset="d", caption_field="txt")
+    from training_ext.data.teacher_cache import CacheHeader
+    writer = TeacherCacheWriter(str(tmp_path / "cache"), CacheHeader(**header_args))
+    captions = [f"caption {i}" for i in range(len(keys))]
+    writer.append(keys, [caption_digest(c) for c in captions], torch.zeros(5, 2), torch.zeros(5, 2))
+    writer.finish()
+    cache = TeacherCache(str(tmp_path / "cache"))
+    assert cache.rows_of(np.array([k.encode() for k in reversed(keys)] + [b"row1", b"x" * 41])).tolist() == \
+        [4, 3, 2, 1, 0, -1, -1]
+    assert cache.checked_rows(np.array([keys[3].encode(), keys[0].encode()]), [captions[3], captions[0]]).tolist() \
+        == [3, 0]
+    with pytest.raises(TeacherCacheError, match="no cached embedding for sample key 'row1'"):
+        cache.checked_rows(np.array([b"row0", b"row1"]), captions[:2])
+    with pytest.raises(TeacherCacheError, match=r"sample 'a/b#12' has another caption"):
+        cache.checked_rows(np.array([keys[1].encode()]), ["not the cached caption"])

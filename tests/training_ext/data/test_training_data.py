@@ -47,7 +47,7 @@ def test_csv_missing_image_names_row_and_path_unless_skipped(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"row 3: image file not found: {missing}"):
         CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS)
     kept = CsvImageTextDataset(path, "filepath", "title", TOKENIZE, PREPROCESS, skip_missing=True)
-    assert len(kept) == 4 and [row[0] for row in kept.rows] == [0, 1, 2, 4]
+    assert len(kept) == 4 and list(kept.row_numbers) == [0, 1, 2, 4]
 
 
 def test_csv_bad_input_is_named(tmp_path):

@@ -6,33 +6,20 @@ SGD with momentum keeps the update linear in the gradient (see test_training_acc
 """
 import pytest
 import os
-import socket
 import subprocess
 import sys
 
 import torch
 
+from support.processes import ROOT, free_port, process_env
 from support.training_helpers import STUDENT, TEACHER, assert_state_dicts_close, base_args, save_stock_teacher, write_csv
 from training_ext import main_context_finetune_rope, main_distill_rope
 
 # starts subprocesses or runs a pipeline end to end
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 WORKER = os.path.join(ROOT, "tests", "support", "ddp_worker.py")
 SGD = ["--opt", "timm/sgd", "--momentum", "0.9", "--lr", "0.05"]
-
-
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), **extra)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _check(processes, out_dir, single_state):
@@ -51,7 +38,7 @@ def test_stage1_torchrun_two_processes_equal_one_process_on_combined_batch(tmp_p
     flags = ["--model", STUDENT, "--teacher-model", TEACHER, "--pretrained", teacher, "--teacher-pretrained", teacher]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER,
                "distill", str(tmp_path), "--"] + flags + base_args(str(tmp_path / "ddp"), "ddp", train, extra=SGD)
-    launched = subprocess.Popen(command, env=_env(), cwd=str(tmp_path), stdout=subprocess.PIPE,
+    launched = subprocess.Popen(command, env=process_env(), cwd=str(tmp_path), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
     single = main_distill_rope.run(main_distill_rope.parse_args(
         flags + base_args(str(tmp_path / "one"), "one", train, batch_size=8, extra=SGD)))
@@ -63,13 +50,13 @@ def test_stage2_slurm_two_processes_equal_one_process_on_combined_batch(tmp_path
     train = write_csv(str(tmp_path / "train"), rows=16)
     # --gather-with-grad: each rank's loss sees the whole global batch with gradients, as one process would
     flags = ["--model", STUDENT, "--pretrained", pretrained, "--gather-with-grad", "--short-caption-weight", "0.3"]
-    port = str(_free_port())
+    port = str(free_port())
     processes = [
         subprocess.Popen(
             [sys.executable, WORKER, "finetune", str(tmp_path)] + flags
             + base_args(str(tmp_path / "ddp"), "ddp", train, extra=SGD),
-            env=_env(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2", MASTER_ADDR="127.0.0.1",
-                     MASTER_PORT=port),
+            env=process_env(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2",
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
             cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for rank in (0, 1)
     ]
