@@ -8,8 +8,9 @@ every rank and worker of the node. Otherwise the columns stay in the reader's Ar
 a million ``str`` would be copied page by page as each worker touches the objects' reference counts,
 pytorch#13246). Captions are cleaned, short captions derived and image paths resolved when a sample is read.
 
-Checks made before training: a caption that is empty or white space only is skipped and counted (the rule of every
-source, training_ext.data.skips); an image file that does not exist stops the run naming the row, or with
+Checks made before training: a caption that is empty or white space only, or holds no text once tokenized by the
+dataset's tokenizer, is skipped and counted (the rule of every source, training_ext.data.skips; only the captions
+``TextCheck.suspect`` names are tokenized for it, found by Arrow without a Python object per row); an image file that does not exist stops the run naming the row, or with
 ``skip_missing`` is skipped and counted. The image files are checked once per node, by its local rank 0, and the
 result is shared with the node's other ranks (training_ext.data.node_shared).
 """
@@ -28,7 +29,7 @@ from training_ext.common.captions import clean_caption, short_caption_for
 from training_ext.common.csv_table import CsvTable, image_base, read_csv_table, resolve_image_path
 from training_ext.common.text_files import ENCODING
 from training_ext.data.node_shared import once_per_node
-from training_ext.data.skips import EMPTY_CAPTION, NO_IMAGE, SHOWN, SkipLog, decode_image
+from training_ext.data.skips import EMPTY_CAPTION, NO_IMAGE, SHOWN, SkipLog, TextCheck, decode_image
 
 # the characters str.split() splits at: a caption made of them alone is empty once cleaned (clean_caption)
 _PYTHON_WHITESPACE = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
@@ -110,13 +111,24 @@ def _locator(table: CsvTable) -> Callable[[int], str]:
     return dataclasses.replace(table, columns={}).where
 
 
-def captioned_rows(table: CsvTable, key: str, skips: SkipLog) -> np.ndarray:
-    """(K,) int64: the data rows whose caption in column ``key`` is not empty or blank; the others are skipped and
-    counted (the first few named by file line). Raises ValueError when none is left."""
-    blank = blank_rows(table.columns[key])
-    for count, row in enumerate(np.flatnonzero(blank)):
-        skips.skip(EMPTY_CAPTION, f"{table.where(row)} column {key!r}" if count < SHOWN else "")
-    rows = np.flatnonzero(~blank)
+def captioned_rows(table: CsvTable, key: str, skips: SkipLog, text_check: Optional[TextCheck] = None) -> np.ndarray:
+    """(K,) int64: the data rows whose caption in column ``key`` is not empty or blank and, with ``text_check``,
+    holds text once tokenized; the others are skipped and counted (the first few named by file line). Only the
+    rows ``text_check.suspect_rows`` names are read into Python and tokenized. Raises ValueError when none is
+    left."""
+    column = table.columns[key]
+    empty = np.array(blank_rows(column), dtype=bool)  # a writable copy: Arrow's may be read-only
+    details = {}
+    if text_check is not None:
+        for row in np.flatnonzero(text_check.suspect_rows(column) & ~empty):
+            detail = text_check.why_empty(clean_caption(column[int(row)].as_py()))
+            if detail:
+                details[int(row)] = detail
+        empty[list(details)] = True
+    for count, row in enumerate(np.flatnonzero(empty)):
+        skips.skip(EMPTY_CAPTION, f"{table.where(row)} column {key!r}" if count < SHOWN else "",
+                   details.get(int(row), ""))
+    rows = np.flatnonzero(~empty)
     if not len(rows):
         raise ValueError(f"{table.path}: no row has a caption in column {key!r} ({len(table)} rows)")
     return rows
@@ -125,17 +137,19 @@ def captioned_rows(table: CsvTable, key: str, skips: SkipLog) -> np.ndarray:
 class CsvTextDataset(Dataset):
     """Long captions of a CSV only: the image column is never read, so stage 1 opens no image file.
 
-    ``row_numbers[i]`` (int64) is the CSV data row of sample i (rows with an empty caption are left out), the row a
-    teacher cache's ``row<N>`` key names; ``captions[i]`` its cleaned caption. Items: ``(long_ids,)``. Raises what
+    ``row_numbers[i]`` (int64) is the CSV data row of sample i (rows with an empty caption, or one with no text once
+    tokenized, are left out), the row a teacher cache's ``row<N>`` key names; ``captions[i]`` its cleaned caption.
+    ``text_check`` defaults to the check of ``tokenizer`` (``TextCheck.of``). Items: ``(long_ids,)``. Raises what
     ``read_csv_table`` raises, and ValueError when no row has a caption.
     """
 
     def __init__(self, path: str, caption_key: str, tokenizer: Callable, sep: str = "\t",
-                 skips: Optional[SkipLog] = None, image_key: Optional[str] = "filepath"):
+                 skips: Optional[SkipLog] = None, image_key: Optional[str] = "filepath",
+                 text_check: Optional[TextCheck] = None):
         self.skips = skips or SkipLog()
         # the image column is not read, but it tells a caption with a line break from rows an unclosed quote swallowed
         table = read_csv_table(path, {"--csv-caption-key": caption_key}, sep, image_key=image_key, arrow=True)
-        self.row_numbers = captioned_rows(table, caption_key, self.skips)
+        self.row_numbers = captioned_rows(table, caption_key, self.skips, text_check or TextCheck.of(tokenizer))
         self.captions = _column(table, caption_key, self.row_numbers, clean_caption)
         del table
         _release_arrow_memory()
@@ -148,9 +162,23 @@ class CsvTextDataset(Dataset):
         return (self.tokenize([self.captions[index]])[0],)
 
 
-def existing_files(paths: Sequence) -> np.ndarray:
-    """(N,) bool: which of ``paths`` are existing files (one ``os.path.isfile`` each)."""
-    return np.fromiter((os.path.isfile(path) for path in paths), dtype=bool, count=len(paths))
+def existing_files(column, rows: np.ndarray, base: str, chunk: int = 1 << 16) -> np.ndarray:
+    """(len(rows),) bool: whether the image file named in Arrow string ``column`` at each of ``rows`` exists, a
+    relative name taken from ``base`` (as ``resolve_image_path`` takes it). One ``stat`` per row; the names are
+    materialised a chunk at a time, so a million rows never live as Python strings at once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    present = np.empty(len(rows), dtype=bool)
+    prefix = os.path.join(base, "")
+    for start in range(0, len(rows), chunk):
+        names = column.take(pa.array(rows[start:start + chunk]))
+        # os.path.join(base, name) for every name at once: an absolute name stands alone ("~" is expanded below)
+        joined = pc.if_else(pc.starts_with(names, "/"), names, pc.binary_join_element_wise(
+            pa.scalar(prefix, names.type), names, pa.scalar("", names.type)))
+        present[start:start + chunk] = [
+            os.path.isfile(resolve_image_path(name, base) if name[:1] == "~" else path)
+            for path, name in zip(joined.to_pylist(), names.to_pylist())]
+    return present
 
 
 class CsvImageTextDataset(Dataset):
@@ -160,22 +188,26 @@ class CsvImageTextDataset(Dataset):
     Every image file must exist before training starts (FileNotFoundError naming the row and path) unless
     ``skip_missing``; the files are checked once per node. An image that exists but cannot be decoded gives None
     from ``__getitem__`` (skipped and counted: the loader's collate drops it). ``row_numbers``, ``image_paths``,
-    ``captions`` and ``short_captions`` are per sample. Items: ``(image, long_ids, short_ids)``. Raises what
+    ``captions`` and ``short_captions`` are per sample. A row whose caption holds no text once tokenized is skipped
+    like an empty one, and a short caption that holds none gives way to the long caption's first sentence
+    (``text_check``, by default ``TextCheck.of(tokenizer)``). Items: ``(image, long_ids, short_ids)``. Raises what
     ``read_csv_table`` raises, and ValueError when no row is left.
     """
 
     def __init__(self, path: str, image_key: str, caption_key: str, tokenizer: Callable, transform: Callable,
                  short_caption_key: Optional[str] = None, sep: str = "\t", skip_missing: bool = False,
-                 image_root: Optional[str] = None, skips: Optional[SkipLog] = None):
+                 image_root: Optional[str] = None, skips: Optional[SkipLog] = None,
+                 text_check: Optional[TextCheck] = None):
         self.path = path
         self.skips = skips or SkipLog()
+        self.text_check = text_check or TextCheck.of(tokenizer)
         table = read_csv_table(path, {"--csv-img-key": image_key, "--csv-caption-key": caption_key,
                                       "--csv-short-caption-key": short_caption_key}, sep, arrow=True)
         self.where = _locator(table)
         base = image_base(path, image_root)
-        rows = captioned_rows(table, caption_key, self.skips)
+        rows = captioned_rows(table, caption_key, self.skips, self.text_check)
         paths = ArrowTexts(table.columns[image_key], rows, lambda value: resolve_image_path(value, base))
-        present = once_per_node(lambda: existing_files(paths), "image-files")
+        present = once_per_node(lambda: existing_files(table.columns[image_key], rows, base), "image-files")
         logging.info(f"{path}: {int(present.sum())} of {len(rows)} image files exist (checked once per node)")
         self._report_missing(paths, rows, present, skip_missing)
         self.row_numbers = rows[present]
@@ -202,7 +234,8 @@ class CsvImageTextDataset(Dataset):
             raise ValueError(f"{self.path}: no row has an existing image file")
 
     def short_caption(self, index: int) -> str:
-        return short_caption_for(self.captions[index], self._shorts[index] if self._shorts is not None else None)
+        return short_caption_for(self.captions[index], self._shorts[index] if self._shorts is not None else None,
+                                 self.text_check.holds_text)
 
     def __len__(self):
         return len(self.row_numbers)

@@ -362,3 +362,22 @@ def record_lines(path):
                 starts.append(line)
             line = reader.line_num + 1
     return starts[1:]
+
+
+def test_image_existence_check_resolves_names_as_training_reads_them(tmp_path, monkeypatch):
+    import numpy as np
+    import pyarrow as pa
+    from training_ext.common.csv_table import resolve_image_path
+    from training_ext.data.csv_datasets import existing_files
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("base/a.png", "base/sub/b.png", "home/c.png", "elsewhere/d.png"):
+        os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    names = ["a.png", "sub/b.png", "~/c.png", str(tmp_path / "elsewhere" / "d.png"), "missing.png", "sub/../a.png",
+             "sub"]  # a folder is not an image file
+    column = pa.chunked_array([pa.array(names, pa.large_string())])
+    rows = np.array([6, 0, 1, 2, 3, 4, 5])
+    base = str(tmp_path / "base")
+    expected = [os.path.isfile(resolve_image_path(names[r], base)) for r in rows]  # the naive, per-path rule
+    assert existing_files(column, rows, base, chunk=3).tolist() == expected == [False, True, True, True, True,
+                                                                                False, True]
