@@ -19,10 +19,15 @@ venv: $(VENV)/.installed
 
 # CI pins torch 2.14.1 / torchvision 0.29.1 / open_clip_torch 3.3.0 (constraints-ci.txt); the package itself
 # only states ranges (setup.cfg).
+# pip prints each package as it goes (no -q): the first set-up downloads several GB and takes minutes.
 $(VENV)/.installed: setup.cfg pyproject.toml constraints-ci.txt
+	@echo "Setting up $(VENV) with every extra (training, evaluation, export, tests; versions in constraints-ci.txt)."
+	@echo "It is large (about 6 GB): torchvision's Linux wheels need the CUDA build of torch, which also runs on CPU."
+	@echo "A CPU-only machine that reaches PyTorch's own CPU wheel index can install torch and torchvision from there"
+	@echo "into $(VENV) first (pip then keeps them) for about a tenth of the size."
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-ci.txt -e '.[test]'
+	$(PY) -m pip install --progress-bar off --upgrade pip
+	$(PY) -m pip install --progress-bar off -c constraints-ci.txt -e '.[test]'
 	touch $@
 
 test: venv
