@@ -40,7 +40,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if name == "push":
             command.add_argument("--repo-id", required=True, help="Hub repository, e.g. me/ViT-L-14-rope-248")
             command.add_argument("--private", action="store_true")
-            command.add_argument("--token", default=None, help="Hub token (default: huggingface-cli login's)")
+            command.add_argument("--token", default=None,
+                                 help="Hub token (default: $HF_TOKEN, else the token `hf auth login` saved)")
         else:
             command.add_argument("--output", required=True, help="directory to write")
         if name == "transformers":

@@ -174,7 +174,7 @@ def push_to_hub(model, repo_id: str, model_cfg: Optional[Dict] = None, model_nam
     """Create (or reuse) the Hub repo ``repo_id`` and upload the model in open_clip's format with a model card.
 
     Returns ``huggingface_hub.upload_folder``'s CommitInfo. Network errors are huggingface_hub's
-    (authentication: ``huggingface-cli login`` or ``token=``).
+    (authentication: ``token=``, else ``$HF_TOKEN``, else the token ``hf auth login`` saved).
     """
     from huggingface_hub import create_repo, upload_folder
 

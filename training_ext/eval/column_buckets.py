@@ -2,18 +2,37 @@
 held-out split tests sits (`detail_position`), beside the bucketing by caption length.
 
 The column is read from each CSV benchmark's own file (`--csv NAME=PATH`, `--long-dci`), one value per data row,
-in row order, which is the order of the benchmark's captions. Numeric buckets when `--bucket-column-edges` gives
-upper edges (a value v falls in "<=e0", "(e0, e1]", ..., ">eN"); categorical otherwise (one bucket per distinct
-value, in numeric order when every value is a number, else in text order). A caption's image is bucketed by the
-value of the image's first caption (a CSV benchmark has one caption per image).
+in row order, which is the order of the benchmark's captions. A CSV benchmark without the column is evaluated
+without column buckets (the run says so); the run stops only when no CSV benchmark has it. Buckets, per benchmark:
+- `--bucket-column-edges E1,E2,...` given: numeric, a value v falls in "<=E1", "(E1, E2]", ..., ">EN" (kind
+  "numeric");
+- otherwise, a numeric column with more than QUANTILE_BUCKETS distinct values: QUANTILE_BUCKETS buckets of about
+  equal size, cut at the quantiles of the benchmark's own values and labelled by the range of the values in each,
+  e.g. "43-90" (kind "quantile"; results.json keeps the edges, which `--bucket-column-edges` reproduces);
+- otherwise one bucket per distinct value, in numeric order when every value is a number, else in text order
+  (kind "categorical").
+A caption's image is bucketed by the value of the image's first caption (a CSV benchmark has one caption per image).
 """
+import math
 from bisect import bisect_left
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from training_ext.eval.datasets import BenchmarkError
 
 FLAG = "--bucket-by-column"
 KS = (1, 5, 10)
+QUANTILE_BUCKETS = 4
+
+
+@dataclass
+class ColumnBuckets:
+    """One benchmark's buckets: ``labels[indices[c]]`` is caption c's bucket; ``kind`` is "numeric" (edges given),
+    "quantile" (edges from the values) or "categorical" (one bucket per value, ``edges`` None)."""
+    labels: List[str]
+    indices: List[int]
+    kind: str
+    edges: Optional[List[float]] = None
 
 
 def parse_edges(text: Optional[str]) -> Optional[List[float]]:
@@ -39,40 +58,78 @@ def numeric_labels(edges: Sequence[float]) -> List[str]:
     return labels + [f">{_format(edges[-1])}"]
 
 
+def range_label(low: float, high: float) -> str:
+    """'43-90' for the values 43 to 90 ('-5 to -1' when negative; '7' for a single value)."""
+    if low == high:
+        return _format(low)
+    return f"{_format(low)}{'-' if low >= 0 else ' to '}{_format(high)}"
+
+
 def _as_number(value: str) -> Optional[float]:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
 
 
-def assign_buckets(values: Sequence[str], edges: Optional[Sequence[float]], where) -> Tuple[List[str], List[int]]:
-    """(bucket labels, bucket index of every value). where(i) names value i's row for error messages."""
+def quantile_edges(numbers: Sequence[float], buckets: int = QUANTILE_BUCKETS) -> List[float]:
+    """Upper edges that split ``numbers`` into at most ``buckets`` non-empty groups of about equal size: the k/buckets
+    quantiles for k = 1 .. buckets-1, each the smallest value with at least that share of the values at or below it
+    (Hyndman and Fan's type 1, numpy's method="inverted_cdf"). An edge repeated by ties, or equal to the largest
+    value (it would leave the last group empty), is dropped, so heavy ties give fewer groups."""
+    ordered = sorted(numbers)
+    edges: List[float] = []
+    for k in range(1, buckets):
+        edge = ordered[math.ceil(k * len(ordered) / buckets) - 1]
+        if edge < ordered[-1] and (not edges or edge > edges[-1]):
+            edges.append(edge)
+    return edges
+
+
+def assign_buckets(values: Sequence[str], edges: Optional[Sequence[float]], where) -> ColumnBuckets:
+    """The buckets of one benchmark's column ``values`` (one string per caption), by the rules of the module
+    docstring; where(i) names value i's row for error messages.
+
+    Raises:
+        BenchmarkError: with ``edges``, a value that is not a number (names the row).
+    """
+    numbers = [_as_number(value) for value in values]
     if edges is not None:
-        indices = []
-        for row, value in enumerate(values):
-            number = _as_number(value)
+        for row, number in enumerate(numbers):
             if number is None:
-                raise BenchmarkError(f"{where(row)}: {FLAG} value {value!r} is not a number "
+                raise BenchmarkError(f"{where(row)}: {FLAG} value {values[row]!r} is not a number "
                                      f"(numeric edges were given with --bucket-column-edges)")
-            indices.append(bisect_left(list(edges), number))  # v <= edges[i] -> i
-        return numeric_labels(edges), indices
+        edges = list(edges)
+        return ColumnBuckets(numeric_labels(edges), [bisect_left(edges, n) for n in numbers], "numeric", edges)
+    numeric = all(number is not None for number in numbers)
+    if numeric and len(set(numbers)) > QUANTILE_BUCKETS:
+        cuts = quantile_edges(numbers)
+        indices = [bisect_left(cuts, n) for n in numbers]  # v <= cuts[i] -> i
+        members = [[n for n, i in zip(numbers, indices) if i == b] for b in range(len(cuts) + 1)]
+        return ColumnBuckets([range_label(min(m), max(m)) for m in members], indices, "quantile", cuts)
     distinct = set(values)
-    numbers = {value: _as_number(value) for value in distinct}
-    if all(number is not None for number in numbers.values()):
-        labels = sorted(distinct, key=lambda value: (numbers[value], value))
+    if numeric:
+        labels = sorted(distinct, key=lambda value: (float(value), value))
     else:
         labels = sorted(distinct)
     position = {label: index for index, label in enumerate(labels)}
-    return labels, [position[value] for value in values]
+    return ColumnBuckets(labels, [position[value] for value in values], "categorical")
 
 
-def read_bucket_column(csv_path: str, column: str, expected_rows: int, separator: str = "\t") -> Tuple[List[str], object]:
-    """The column's values (one per data row) and the table (for row names); stops when the column is missing
-    or the row count is not the benchmark's caption count."""
-    from training_ext.common.csv_table import read_csv_table
+def read_bucket_column(csv_path: str, column: str, expected_rows: int,
+                       separator: str = "\t") -> Tuple[Optional[List[str]], object]:
+    """(the column's values, one per data row, or None when the file has no such column; the table, for row names
+    and its header).
+
+    Raises:
+        BenchmarkError: an unreadable file, or a row count other than the benchmark's caption count.
+    """
+    from training_ext.common.csv_table import CsvColumnError, read_csv_table
     try:
         table = read_csv_table(csv_path, {FLAG: column}, separator=separator)
+    except CsvColumnError:
+        return None, read_csv_table(csv_path, {}, separator=separator)
     except (KeyError, ValueError, FileNotFoundError) as error:
         raise BenchmarkError(str(error.args[0]) if isinstance(error, KeyError) else str(error)) from error
     values = table.columns[column]
@@ -82,15 +139,14 @@ def read_bucket_column(csv_path: str, column: str, expected_rows: int, separator
     return values, table
 
 
-def bucket_by_column(image_ranks, text_ranks, caption_image, labels: Sequence[str], indices: Sequence[int],
-                     column: str, edges: Optional[Sequence[float]]) -> Dict:
-    """results.json's recall_by_column: R@1/5/10 in both directions per bucket of the column."""
+def bucket_by_column(image_ranks, text_ranks, caption_image, buckets: ColumnBuckets, column: str) -> Dict:
+    """results.json's recall_by_column: R@1/5/10 in both directions per bucket of the column, with the column's
+    name, the kind of buckets and their upper edges (None for one bucket per value)."""
     import torch
     from training_ext.eval.length_buckets import metrics_by_bucket
-    caption_bucket = torch.as_tensor(list(indices), dtype=torch.long)
+    caption_bucket = torch.as_tensor(list(buckets.indices), dtype=torch.long)
     image_bucket = torch.full((image_ranks.shape[0],), -1, dtype=torch.long)
-    for caption in reversed(range(len(indices))):  # the image's first caption wins
+    for caption in reversed(range(len(buckets.indices))):  # the image's first caption wins
         image_bucket[int(caption_image[caption])] = caption_bucket[caption]
-    return {"column": column, "kind": "numeric" if edges is not None else "categorical",
-            "edges": list(edges) if edges is not None else None,
-            "buckets": metrics_by_bucket(image_ranks, text_ranks, caption_bucket, image_bucket, labels, KS)}
+    return {"column": column, "kind": buckets.kind, "edges": buckets.edges,
+            "buckets": metrics_by_bucket(image_ranks, text_ranks, caption_bucket, image_bucket, buckets.labels, KS)}

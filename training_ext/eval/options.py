@@ -63,11 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                                "captions")
     protocol.add_argument("--perturb-seed", type=int, default=0, help="seed of shuffled-sentences")
     protocol.add_argument("--bucket-by-column", metavar="COLUMN",
-                          help="also report R@1/5/10 per value bucket of this column of every CSV benchmark "
-                               "(--csv, --long-dci), e.g. detail_position")
+                          help="also report R@1/5/10 per bucket of this column of the CSV benchmarks (--csv, "
+                               "--long-dci) that have it, e.g. detail_position (the others are evaluated without "
+                               "buckets); a table on the terminal and in results.md, results.json, "
+                               "recall_by_column.png. Default buckets: 4 quantile buckets of a numeric column's "
+                               "values (labelled by their ranges), one per value for text or at most 4 values")
     protocol.add_argument("--bucket-column-edges", metavar="E1,E2,...",
                           help="upper bucket edges for a numeric --bucket-by-column (v <= E1, E1 < v <= E2, ..., "
-                               "v > last); without it every distinct value is its own bucket")
+                               "v > last) instead of the quantile buckets")
     parser.add_argument("--output-dir", default="eval_results", help="where results.json, results.md and "
                                                                      "recall_by_length.png go")
     parser.add_argument("--batch-size", type=int, default=None,

@@ -1,5 +1,6 @@
-"""Evaluation output: the comparison table (terminal and markdown), the caption-perturbation table, the protocol
-cards in results.md, and the plots (recall by caption length, by a CSV column, perturbation deltas).
+"""Evaluation output: the comparison table (terminal and markdown), the caption-perturbation table, the table of
+recall by a CSV column's buckets, the protocol cards in results.md, and the plots (recall by caption length, by a
+CSV column, perturbation deltas).
 
 Every file is written atomically (a temp file in the same folder, then os.replace), so an
 interrupted run never leaves a half-written result behind.
@@ -80,8 +81,42 @@ def perturbation_table(results: List[Dict]) -> str:
             + _padded_table(header, rows))
 
 
+def _bucket_kind(by_column: Dict) -> str:
+    """How a benchmark's column buckets were made, in words."""
+    edges = ",".join(f"{edge:g}" for edge in by_column["edges"] or [])
+    count = len(by_column["buckets"])
+    if by_column["kind"] == "quantile":
+        return f"{count} buckets cut at the quartiles of its values (= --bucket-column-edges {edges})"
+    if by_column["kind"] == "numeric":
+        return f"--bucket-column-edges {edges}"
+    return f"one bucket per value ({count})"
+
+
+def column_bucket_table(results: List[Dict]) -> Optional[str]:
+    """Recall by --bucket-by-column bucket: a row per (benchmark, model, bucket) with its caption and image counts
+    and R@1/5/10 in both directions, then how each benchmark was bucketed and which were not. None when no result
+    has column buckets."""
+    bucketed = [r for r in _benchmark_major(results) if r.get("recall_by_column")]
+    if not bucketed:
+        return None
+    column = bucketed[0]["recall_by_column"]["column"]
+    header = ["Benchmark", "Model", column, "Captions", "Images"] + [title for title, _ in RETRIEVAL_COLUMNS]
+    rows = [[r["benchmark"], r["model"], bucket["bucket"], str(bucket["num_captions"]), str(bucket["num_images"])]
+            + [_cell(bucket[key]) for _, key in RETRIEVAL_COLUMNS]
+            for r in bucketed for bucket in r["recall_by_column"]["buckets"]]
+    kinds = {r["benchmark"]: _bucket_kind(r["recall_by_column"]) for r in bucketed}
+    lines = [f"Recall by {column} (R@k in %, empty cell: empty bucket; an image counts in its first caption's bucket)",
+             "", _padded_table(header, rows), ""]
+    lines += [f"- {name}: {kind}" for name, kind in kinds.items()]
+    skipped = list(dict.fromkeys(r["benchmark"] for r in results if r["benchmark"] not in kinds))
+    if skipped:
+        lines.append(f"- not bucketed (no column {column!r}, or not a CSV benchmark): {', '.join(skipped)}")
+    return "\n".join(lines)
+
+
 def markdown_report(results: List[Dict], pending: Sequence[str] = ()) -> str:
-    """results.md: the table, the perturbation table, the protocols, then every result's protocol card."""
+    """results.md: the table, the perturbation table, the column-bucket table, the protocols, then every result's
+    protocol card."""
     protocols = {r["benchmark"]: r["protocol"] for r in results}
     lines = ["# Evaluation results", ""]
     if pending:
@@ -89,6 +124,9 @@ def markdown_report(results: List[Dict], pending: Sequence[str] = ()) -> str:
     lines += [comparison_table(results), ""]
     if any(r.get("perturbations") for r in results):
         lines += [perturbation_table(results), ""]
+    by_column = column_bucket_table(results)
+    if by_column:
+        lines += [by_column, ""]
     lines += ["Protocols:", ""]
     lines += [f"- `{name}`: {protocol}" for name, protocol in protocols.items()]
     lines += ["", "Recall in percent; ties count against the model. Tied@1 = queries (image->text / text->image) "

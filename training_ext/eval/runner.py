@@ -23,10 +23,11 @@ from open_clip_train.precision import get_autocast
 
 from training_ext.eval.datasets import (BENCHMARKS, IMAGE_ROOT_HELP, Benchmark, BenchmarkError, ClassificationSet,
                                         RetrievalSet, caption_csv_benchmark)
-from training_ext.eval.report import (comparison_table, markdown_report, perturbation_table, plot_perturbations,
-                                      plot_recall_by_column, plot_recall_by_length, write_text)
+from training_ext.eval.report import (column_bucket_table, comparison_table, markdown_report, perturbation_table,
+                                      plot_perturbations, plot_recall_by_column, plot_recall_by_length, write_text)
 from training_ext.common.file_io import write_json
 from training_ext.eval import column_buckets
+from training_ext.eval.column_buckets import ColumnBuckets
 from training_ext.eval.features import encode_captions, encode_images
 from training_ext.eval.length_buckets import (DEFAULT_BUCKET_EDGES, check_bucket_edges, recall_at_1_by_length,
                                              tokenizer_name)
@@ -64,7 +65,7 @@ class SelectedBenchmark:
     image_root: Optional[str]
     data: object               # RetrievalSet or ClassificationSet
     card: Optional[dict] = None  # the model-independent part of the protocol card
-    column_buckets: Optional[Tuple[List[str], List[int]]] = None  # --bucket-by-column: (labels, caption bucket)
+    column_buckets: Optional[ColumnBuckets] = None  # --bucket-by-column, where the CSV has the column
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -167,17 +168,37 @@ def _is_csv_benchmark(item: SelectedBenchmark) -> bool:
 
 
 def attach_bucket_column(args, selected: List[SelectedBenchmark]) -> None:
-    """--bucket-by-column: every CSV benchmark's bucket of each caption (a missing column stops the run)."""
+    """--bucket-by-column: the buckets of every CSV benchmark whose file has the column. Every other benchmark is
+    evaluated without them, and a line on the terminal says which and why.
+
+    Raises:
+        BenchmarkError: no CSV benchmark was given, or none has the column (names each file's columns).
+    """
     if not args.bucket_by_column:
         return
+    column = args.bucket_by_column
     csv_benchmarks = [item for item in selected if _is_csv_benchmark(item)]
     if not csv_benchmarks:
-        raise BenchmarkError("--bucket-by-column needs a CSV benchmark (--csv NAME=PATH or --long-dci)")
+        raise BenchmarkError(f"{column_buckets.FLAG} needs a CSV benchmark (--csv NAME=PATH or --long-dci)")
     separator = getattr(args, "csv_separator", None) or "\t"
+    headers = {}
     for item in csv_benchmarks:
-        values, table = column_buckets.read_bucket_column(item.source, args.bucket_by_column,
-                                                          len(item.data.captions), separator)
-        item.column_buckets = column_buckets.assign_buckets(values, args.column_edges, table.where)
+        values, table = column_buckets.read_bucket_column(item.source, column, len(item.data.captions), separator)
+        if values is None:
+            headers[item.benchmark.name] = (item.source, table.header)
+        else:
+            item.column_buckets = column_buckets.assign_buckets(values, args.column_edges, table.where)
+    if len(headers) == len(csv_benchmarks):
+        found = "; ".join(f"{name} ({path}): {', '.join(header)}" for name, (path, header) in headers.items())
+        raise BenchmarkError(f"{column_buckets.FLAG} {column}: no CSV benchmark has a column {column!r} (their "
+                             f"columns: {found}); name one of these columns, or leave {column_buckets.FLAG} out")
+    for item in selected:
+        if item.column_buckets is not None:
+            continue
+        why = (f"{item.source} has no column {column!r}" if item.benchmark.name in headers
+               else "only CSV benchmarks (--csv, --long-dci) have columns")
+        print(f"note: {item.benchmark.name}: evaluated without {column_buckets.FLAG} buckets ({why})",
+              file=sys.stderr)
 
 
 def load_model(spec: ModelSpec, device: str, seed: int) -> LoadedModel:
@@ -230,9 +251,8 @@ def evaluate_retrieval(loaded: LoadedModel, selected: SelectedBenchmark, args) -
         "protocol_card": card,
     }
     if selected.column_buckets is not None:
-        labels, indices = selected.column_buckets
         numbers["recall_by_column"] = column_buckets.bucket_by_column(
-            image_ranks, text_ranks, caption_image, labels, indices, args.bucket_by_column, args.column_edges)
+            image_ranks, text_ranks, caption_image, selected.column_buckets, args.bucket_by_column)
     if args.perturbations and not selected.benchmark.short_captions:
         numbers["perturbations"] = [evaluate_perturbation(loaded, data, name, image_features, caption_image,
                                                           metrics, args) for name in args.perturbations]
@@ -295,9 +315,10 @@ def evaluate_model(loaded: LoadedModel, selected: SelectedBenchmark, args) -> di
     }
 
 
-def write_outputs(args, models: List[dict], results: List[dict], pending: Sequence[str] = ()) -> None:
+def write_outputs(args, models: List[dict], results: List[dict], pending: Sequence[str] = ()) -> List[str]:
     """results.json, results.md and the plots, each written atomically; called after every model, so a crash
-    in a later model keeps the finished ones (results.json then says complete: false and names the rest)."""
+    in a later model keeps the finished ones (results.json then says complete: false and names the rest).
+    Returns the names of the files written, in args.output_dir."""
     os.makedirs(args.output_dir, exist_ok=True)
     write_json(os.path.join(args.output_dir, "results.json"), {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -317,10 +338,12 @@ def write_outputs(args, models: List[dict], results: List[dict], pending: Sequen
     plot_path = plot_recall_by_length(results, os.path.join(args.output_dir, "recall_by_length.png"))
     if plot_path is None:
         print("no retrieval benchmark: recall_by_length.png not written", file=sys.stderr)
+    plots = [plot_path]
     if args.bucket_by_column:
-        plot_recall_by_column(results, os.path.join(args.output_dir, "recall_by_column.png"))
+        plots.append(plot_recall_by_column(results, os.path.join(args.output_dir, "recall_by_column.png")))
     if args.perturbations:
-        plot_perturbations(results, os.path.join(args.output_dir, "caption_perturbations.png"))
+        plots.append(plot_perturbations(results, os.path.join(args.output_dir, "caption_perturbations.png")))
+    return ["results.json", "results.md"] + [os.path.basename(path) for path in plots if path]
 
 
 def preflight(args) -> Tuple[List[ModelSpec], List[SelectedBenchmark]]:
@@ -352,11 +375,14 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         del loaded  # free the model's memory before the next one is built
         if torch.device(args.device).type == "cuda":
             torch.cuda.empty_cache()
-        write_outputs(args, models, results, pending=[s.spec for s in specs[index + 1:]])
+        written = write_outputs(args, models, results, pending=[s.spec for s in specs[index + 1:]])
     print(comparison_table(results))
     if args.perturbations:
         print("\n" + perturbation_table(results))
-    print(f"\nwrote results.json, results.md and recall_by_length.png to {args.output_dir}", file=sys.stderr)
+    by_column = column_bucket_table(results)
+    if by_column:
+        print("\n" + by_column)
+    print(f"\nwrote {', '.join(written)} to {args.output_dir}", file=sys.stderr)
     return results
 
 

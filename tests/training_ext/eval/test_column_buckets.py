@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training_ext.eval.column_buckets import assign_buckets, parse_edges
+from training_ext.eval.column_buckets import ColumnBuckets, assign_buckets, parse_edges
 from training_ext.eval.datasets import BenchmarkError
 from training_ext.eval.runner import main
 
@@ -16,10 +16,12 @@ KINDS = ["colour", "count", "colour", "position", "count", "colour"]
 
 
 def test_numeric_and_categorical_buckets():
-    labels, indices = assign_buckets(["0.1", "0.25", "0.3", "0.9"], [0.25, 0.5], str)
-    assert labels == ["<=0.25", "(0.25, 0.5]", ">0.5"] and indices == [0, 0, 1, 2]
-    assert assign_buckets(["b", "a", "b", "c"], None, str) == (["a", "b", "c"], [1, 0, 1, 2])
-    assert assign_buckets(["10", "9", "10"], None, str) == (["9", "10"], [1, 0, 1])  # numbers sort as numbers
+    assert assign_buckets(["0.1", "0.25", "0.3", "0.9"], [0.25, 0.5], str) == ColumnBuckets(
+        ["<=0.25", "(0.25, 0.5]", ">0.5"], [0, 0, 1, 2], "numeric", [0.25, 0.5])
+    assert assign_buckets(["b", "a", "b", "c"], None, str) == ColumnBuckets(["a", "b", "c"], [1, 0, 1, 2],
+                                                                             "categorical")
+    # numbers sort as numbers; a numeric column with at most 4 distinct values keeps one bucket per value
+    assert assign_buckets(["10", "9", "10"], None, str) == ColumnBuckets(["9", "10"], [1, 0, 1], "categorical")
     with pytest.raises(BenchmarkError, match="row 1: --bucket-by-column value 'near' is not a number"):
         assign_buckets(["0.1", "near"], [0.5], lambda row: f"row {row}")
     with pytest.raises(ValueError, match="strictly increasing"):
