@@ -6,6 +6,20 @@ it encodes one image and one caption at a time and builds the whole similarity m
 before sorting it. The fast side is the evaluation's own code path (reading the benchmark, token
 counts for the length plot, batched DataLoader encoding, chunked ranking). Model loading is left
 out of both timings. Reported: images+captions per second of each side and their ratio.
+
+--padding-free times the evaluation's caption encoding instead (``training_ext.eval.features.encode_captions``,
+tokenizing included) on two generated length mixes: coco-like (12 to 18 tokens, mean 15) and sharegpt4v-like (100
+to 248 tokens, uniform). Both sides run in the same process, alternating: padding-free (each distinct caption once,
+sorted by length, every batch cut to its longest caption; the default for a RoPE/CoPE tower) against padded (the
+captions in file order, every batch at the full context: the encoding before padding-free). Reported: captions/s of
+each side, their ratio with met/MISSED against the mix's target (MIXES: coco-like >= 3x, sharegpt4v-like >= 1.3x,
+set for CPU), the CPU-time ratio, the largest feature difference between the sides (in fp32 the run fails above
+1e-5), and the captions/s of tokenizing alone: both sides tokenize every caption, which bounds the ratio where the
+tower is cheap. On a shared CPU use --threads 1 --workers 0 (as for bench_text_tower.py).
+
+    python scripts/bench_eval.py --pairs 2000                       # the evaluation against the naive loop
+    python scripts/bench_eval.py --padding-free --threads 1 --workers 0 --repeats 5   # tiny-clip-rope-248, fp32
+    python scripts/bench_eval.py --padding-free --device cuda --precision amp_bf16 --model ViT-B-16-rope-248
 """
 import argparse
 import json
@@ -22,6 +36,7 @@ from tqdm import tqdm
 
 from training_ext.eval import runner as evaluation
 from training_ext.eval.datasets import read_urban1k
+from training_ext.eval.features import TokenizeBatch, encode_captions
 from training_ext.common.retrieval import recall_at_k
 
 WORDS = ("red blue green small large wooden metal dog cat car tree house river street window light shadow "
@@ -46,6 +61,91 @@ def write_urban1k_fixture(root: str, pairs: int, image_size: int, seed: int = 0)
         with open(os.path.join(base, "caption", f"{i}.txt"), "w") as f:
             f.write(f"photo {i}: {words}.\n")
     return base
+
+
+# length mix -> (caption words low, high: tokens = words + 3, i.e. the start and end tokens and the final period;
+# the least padding-free/padded captions/s ratio wanted on CPU)
+MIXES = {"coco-like": (9, 15, 3.0), "sharegpt4v-like": (97, 245, 1.3)}
+FP32_TOLERANCE = 1e-5  # padded and padding-free features are the same computation up to rounding
+
+
+def mixed_captions(count: int, words_low: int, words_high: int, seed: int = 0) -> list:
+    """``count`` captions of ``words_low`` to ``words_high`` WORDS (one CLIP token each), uniformly, plus a period."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(words_low, words_high))) + "."
+            for _ in range(count)]
+
+
+def padding_free_report(args) -> dict:
+    """The --padding-free run: for each length mix, padding-free against padded caption encoding."""
+    device = torch.device(args.device)
+    loaded = evaluation.load_model(evaluation.parse_model_spec(args.model), args.device, 0)
+    options = dict(batch_size=args.text_batch_size or (256 if device.type == "cuda" else 32), workers=args.workers,
+                   device=args.device, precision=args.precision, show_progress=False)
+
+    def encode(captions, padding_free):
+        features, counts = encode_captions(loaded.model, loaded.tokenizer, captions, padding_free=padding_free,
+                                           **options)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return features, counts
+
+    def tokenize(captions):
+        """The tokenizing both sides do (in this process): what no padding-free encoding can speed up."""
+        collate = TokenizeBatch(loaded.tokenizer)
+        for start in range(0, len(captions), options["batch_size"]):
+            collate(captions[start:start + options["batch_size"]])
+
+    mixes, load_before = {}, os.getloadavg()[0]
+    for name, (low, high, target) in MIXES.items():
+        captions = mixed_captions(args.captions, low, high, seed=args.seed)
+        runs = {"padded": lambda: encode(captions, False), "padding_free": lambda: encode(captions, True),
+                "tokenizing": lambda: tokenize(captions)}
+        times, outputs = {side: [] for side in runs}, {}
+        for repeat in range(args.repeats):
+            sides = list(runs)[repeat % len(runs):] + list(runs)[:repeat % len(runs)]  # rotate who runs first
+            for side in sides:
+                outputs[side], *seconds = timed(runs[side])
+                times[side].append(seconds)
+        (padded, counts), (free, free_counts) = outputs["padded"], outputs["padding_free"]
+        if free_counts != counts:
+            sys.exit(f"{name}: the two sides counted different token lengths")
+        wall, cpu = ({side: min(run[k] for run in runs_) for side, runs_ in times.items()} for k in (0, 1))
+        ratio = wall["padded"] / wall["padding_free"]
+        mixes[name] = {
+            "tokens_mean": round(sum(counts) / len(counts), 1), "tokens_min": min(counts), "tokens_max": max(counts),
+            "padded_captions_per_s": round(len(captions) / wall["padded"], 1),
+            "padding_free_captions_per_s": round(len(captions) / wall["padding_free"], 1),
+            "tokenizing_captions_per_s": round(len(captions) / wall["tokenizing"], 1),
+            "ratio": round(ratio, 2), "cpu_time_ratio": round(cpu["padded"] / cpu["padding_free"], 2),
+            "target": f">= {target:.2f}x", "met": ratio >= target,
+            "max_abs_diff": (padded - free).abs().max().item(),
+            "wall_and_cpu_seconds_all": {side: [[round(w, 3), round(c, 3)] for w, c in runs_]
+                                         for side, runs_ in times.items()},
+        }
+    from open_clip_ext.tokens import trims_padding_exactly
+    return {"mode": "padding-free", "model": args.model, "trims_padding_exactly": trims_padding_exactly(loaded.model),
+            "device": args.device, "precision": args.precision, "captions": args.captions,
+            "text_batch_size": options["batch_size"], "workers": args.workers,
+            "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "mixes": mixes}
+
+
+def print_padding_free(report: dict) -> None:
+    print(f"padding-free against padded caption encoding: {report['model']}, {report['device']}, "
+          f"{report['precision']}, {report['captions']} captions per mix, batch {report['text_batch_size']}, "
+          f"{report['workers']} workers, {report['torch_threads']} torch threads, fastest of {report['repeats']}; "
+          f"1-min load average {report['load_average_1min'][0]} before, {report['load_average_1min'][1]} after")
+    if not report["trims_padding_exactly"]:
+        print("this model's text tower cannot be trimmed exactly: both sides run the padded path")
+    print("| length mix | tokens mean (min-max) | padded captions/s | padding-free captions/s | ratio | target | "
+          "CPU-time ratio | max abs diff | tokenizing alone, captions/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in report["mixes"].items():
+        print(f"| {name} | {r['tokens_mean']} ({r['tokens_min']}-{r['tokens_max']}) | {r['padded_captions_per_s']} | "
+              f"{r['padding_free_captions_per_s']} | {r['ratio']:.2f}x | {r['target']}: "
+              f"{'met' if r['met'] else 'MISSED'} | {r['cpu_time_ratio']:.2f}x | {r['max_abs_diff']:.1e} | "
+              f"{r['tokenizing_captions_per_s']} |")
 
 
 def naive_ranks(similarity: torch.Tensor):
@@ -96,7 +196,8 @@ def timed(function):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=2000, help="image/caption pairs in the fixture")
-    parser.add_argument("--model", default="tiny-clip", help="open_clip model spec NAME[:PRETRAINED_OR_PATH]")
+    parser.add_argument("--model", default=None, help="open_clip model spec NAME[:PRETRAINED_OR_PATH] (default: "
+                        "tiny-clip; with --padding-free tiny-clip-rope-248)")
     parser.add_argument("--image-size", type=int, default=64, help="side of the generated JPEGs in pixels")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the evaluation's)")
     parser.add_argument("--text-batch-size", type=int, default=None, help="captions per batch (default: the evaluation's)")
@@ -105,9 +206,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side (alternating); the fastest counts")
     parser.add_argument("--fixture-dir", default=None, help="where to write the fixture (default: a temp folder)")
     parser.add_argument("--output", default=None, help="also write the figures to this JSON file")
+    free = parser.add_argument_group("padding-free mode", "padding-free against padded caption encoding (module "
+                                     "docstring); --device and --precision apply to this mode only")
+    free.add_argument("--padding-free", action="store_true",
+                      help="time padding-free against padded caption encoding on each length mix instead")
+    free.add_argument("--captions", type=int, default=2048, help="captions per length mix")
+    free.add_argument("--device", default="cpu")
+    free.add_argument("--precision", default="fp32", choices=("fp32", "amp_bf16", "amp"))
+    free.add_argument("--seed", type=int, default=0, help="seed of the generated captions")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.padding_free:
+        args.model = args.model or "tiny-clip-rope-248"
+        report = padding_free_report(args)
+        print_padding_free(report)
+        if args.output:
+            from training_ext.common.file_io import write_json
+            write_json(args.output, report)
+        worst = max(r["max_abs_diff"] for r in report["mixes"].values())
+        if args.precision == "fp32" and worst > FP32_TOLERANCE:
+            sys.exit(f"padded and padding-free features differ by {worst:.2e} (fp32 tolerance {FP32_TOLERANCE})")
+        return report
+    args.model = args.model or "tiny-clip"
 
     with tempfile.TemporaryDirectory() as temp_dir:
         root = write_urban1k_fixture(args.fixture_dir or temp_dir, args.pairs, args.image_size)

@@ -10,7 +10,10 @@ Without a CUDA GPU it prints one line and exits 0. On a GPU it records the torch
   2. scripts/bench_text_tower.py (imported; bf16 autocast, batch 128, context 248), each run against stock open_clip
      in the same run: ViT-B-16 text size with RoPE, CoPE on the PyTorch op and on Triton; one ViT-L-14 row (CoPE
      on the PyTorch op); ViT-B-16 compiled stock, RoPE and CoPE op (last: compiling takes the longest);
-  3. the padding-free evaluation ratio: a marked row, not measured (scripts/bench_eval.py has no such mode yet).
+  3. the padding-free evaluation ratio: scripts/bench_eval.py --padding-free (imported; ViT-B-16-rope-248, bf16
+     autocast, batch 256, 4096 captions per length mix): captions/s of evaluation's padding-free caption encoding
+     against the padded one, on a coco-like and a sharegpt4v-like length mix, with met/MISSED against its targets
+     (set for CPU: >= 3x and >= 1.3x); it runs before the compiled rows of 2.
 A part is not started once --budget-s has passed (it is listed as not run). The table (pass/fail per test; step
 time, encode throughput, CUDA peak memory and TFLOP/s as ratios to stock with met/MISSED against the targets of
 bench_text_tower.TARGETS) is printed and written to OUT/gpu_check.md and OUT/gpu_check.json. Exit status 1 when a
@@ -40,8 +43,8 @@ GPU_TESTS = ("tests/test_gpu.py",
 BENCH_FLAGS = ("--device", "cuda", "--precision", "amp_bf16", "--batch-size", "128", "--context-length", "248",
                "--rounds", "3", "--warmup", "1")
 RATIOS = (("step_s", "step"), ("encode_captions_per_s", "encode"), ("peak_bytes", "peak"), ("tflops", "TFLOP/s"))
-PADDING_FREE_ROW = {"check": "padding-free evaluation ratio", "result": "not measured: bench_eval has no padding-free "
-                    "mode yet", "ok": True}
+EVAL_FLAGS = ("--padding-free", "--device", "cuda", "--precision", "amp_bf16", "--model", "ViT-B-16-rope-248",
+              "--text-batch-size", "256", "--captions", "4096", "--workers", "4", "--repeats", "2")
 
 
 def versions() -> dict:
@@ -121,6 +124,27 @@ def _bench(base: str, rows: list, *flags: str) -> list:
     return bench_rows(base, bench_text_tower.main(["--base", base, *BENCH_FLAGS, "--rows", ",".join(rows), *flags]))
 
 
+def padding_free_rows(report: dict) -> list:
+    """Rows of one ``bench_eval.py --padding-free`` run: per length mix, padding-free over padded captions/s with
+    met/MISSED against the mix's target, both rates and the largest feature difference."""
+    rows = []
+    for mix, r in report["mixes"].items():
+        verdict = "met" if r["met"] else "MISSED"
+        rows.append({"check": f"padding-free eval {mix} ({report['model']}, {report['precision']})", "result": verdict,
+                     "ok": True, "targets": f"captions/s {r['ratio']:.2f}x {r['target']}: {verdict} (padded "
+                                            f"{r['padded_captions_per_s']:.0f}, padding-free "
+                                            f"{r['padding_free_captions_per_s']:.0f}; max |diff| "
+                                            f"{r['max_abs_diff']:.1e})"})
+    return rows
+
+
+def _padding_free_eval(*flags: str) -> list:
+    """bench_eval.main in its padding-free mode (EVAL_FLAGS, then ``flags``, which override them), as table rows."""
+    import bench_eval
+
+    return padding_free_rows(bench_eval.main([*EVAL_FLAGS, *flags]))
+
+
 def render(info: dict, rows: list, seconds: dict) -> str:
     """The report as Markdown: versions, then one table of every check."""
     lines = ["# gpu-check", "", " | ".join(f"{k}: {v}" for k, v in info.items()), "",
@@ -161,6 +185,7 @@ def main(argv=None) -> int:
         "ViT-B-16 bench": lambda left: _bench("ViT-B-16", ["rope", "cope-torch"] + ([] if triton_missing else
                                                                                    ["cope-triton"])),
         "ViT-L-14 bench": lambda left: _bench("ViT-L-14", ["cope-torch"]),
+        "padding-free eval": lambda left: _padding_free_eval(),
         "ViT-B-16 compiled bench": lambda left: _bench("ViT-B-16", ["stock+c", "rope+c", "cope-torch+c"], "--compile"),
     }
     if triton_missing:
@@ -177,7 +202,6 @@ def main(argv=None) -> int:
             traceback.print_exc()
             rows.append({"check": part, "result": f"error: {type(error).__name__}: {error}", "ok": False})
         seconds[part] = time.monotonic() - began
-    rows.append(PADDING_FREE_ROW)
     report = render(info, rows, seconds)
     print("\n" + report)
     (out / "gpu_check.md").write_text(report)

@@ -54,14 +54,33 @@ def test_table_gives_ratios_to_stock_and_marks_each_target():
     assert rows["ViT-B-16 rope+c"]["ratios"]["peak"] is None and "peak" not in rows["ViT-B-16 rope+c"]["targets"]
     assert all(row["ok"] for row in rows.values())  # a MISSED target is a measurement, not a failed check
 
-    report = gpu_check.render({"torch": "x", "gpu": "y"}, list(rows.values()) + [gpu_check.PADDING_FREE_ROW],
-                              {"GPU tests": 12.3})
+    free = gpu_check.padding_free_rows({"model": "m", "precision": "amp_bf16", "mixes": {
+        "coco-like": {"ratio": 5.2, "target": ">= 3.00x", "met": True, "padded_captions_per_s": 1000.0,
+                      "padding_free_captions_per_s": 5200.0, "max_abs_diff": 0.004},
+        "sharegpt4v-like": {"ratio": 1.25, "target": ">= 1.30x", "met": False, "padded_captions_per_s": 800.0,
+                            "padding_free_captions_per_s": 1000.0, "max_abs_diff": 0.003}}})
+    assert [(row["check"], row["result"], row["ok"]) for row in free] == [
+        ("padding-free eval coco-like (m, amp_bf16)", "met", True),
+        ("padding-free eval sharegpt4v-like (m, amp_bf16)", "MISSED", True)]
+    report = gpu_check.render({"torch": "x", "gpu": "y"}, list(rows.values()) + free, {"GPU tests": 12.3})
     lines = report.splitlines()
     assert "torch: x | gpu: y" in lines
     header = lines.index("| check | result | step /stock | encode /stock | peak /stock | TFLOP/s /stock | targets |")
     assert lines[header + 2].startswith("| ViT-B-16 rope | MISSED | 0.50x | 1.50x | 0.90x | 1.60x | ")
-    assert "| padding-free evaluation ratio | not measured: bench_eval has no padding-free mode yet |" in report
+    assert ("| padding-free eval sharegpt4v-like (m, amp_bf16) | MISSED |  |  |  |  | "
+            "captions/s 1.25x >= 1.30x: MISSED (padded 800, padding-free 1000; max |diff| 3.0e-03) |") in report
     assert "seconds per part: GPU tests 12" in report
+
+
+def test_padding_free_part_runs_bench_eval_with_its_flags_overridden_for_cpu():
+    """The CPU plumbing of the GPU check's padding-free part: bench_eval's padding-free mode, imported, as rows."""
+    rows = _gpu_check()._padding_free_eval("--device", "cpu", "--precision", "fp32", "--model", "tiny-clip-rope-248",
+                                           "--text-batch-size", "4", "--captions", "4", "--workers", "0",
+                                           "--repeats", "1")
+    assert [row["check"] for row in rows] == ["padding-free eval coco-like (tiny-clip-rope-248, fp32)",
+                                             "padding-free eval sharegpt4v-like (tiny-clip-rope-248, fp32)"]
+    assert all(row["ok"] and row["result"] in ("met", "MISSED") and row["targets"].startswith("captions/s ")
+               for row in rows)
 
 
 @pytest.mark.slow  # a pytest subprocess
