@@ -100,6 +100,48 @@ def caption_ids(tokenizer, captions: Sequence[str]) -> List[List[int]]:
     return [_strip_sep(tokenizer, row) for row in ids]
 
 
+def special_ids(tokenizer) -> Tuple[int, ...]:
+    """The ids of ``tokenizer``'s special tokens that stand for no text: its start, end, separator, padding and
+    any added special token (SimpleTokenizer: ``all_special_ids``; HFTokenizer: the transformers tokenizer's
+    special ids and the ids around a caption). The unknown token is not among them: it stands for text the
+    vocabulary lacks. Raises TypeError as ``token_layout`` does."""
+    layout = token_layout(tokenizer)
+    if _is_simple(tokenizer):
+        own = tokenizer.all_special_ids
+    else:
+        inner = _hf_inner(tokenizer)
+        own = [i for i in inner.all_special_ids if i != inner.unk_token_id]
+    return tuple(sorted(set(own) | set(layout.prefix) | set(layout.suffix)))
+
+
+def special_texts(tokenizer) -> Tuple[str, ...]:
+    """The text of each id of ``special_ids``: what a caption may spell out to get that id (CLIP:
+    '<start_of_text>', '<end_of_text>'; XLM-V: '<s>', '</s>', '<pad>'). Raises TypeError as ``token_layout``."""
+    if _is_simple(tokenizer):
+        return tuple(tokenizer.decoder[i] for i in special_ids(tokenizer))
+    inner = _hf_inner(tokenizer)
+    return tuple(text for text in inner.convert_ids_to_tokens(list(special_ids(tokenizer))) if text)
+
+
+def captions_without_text(tokenizer, captions: Sequence[str]) -> List[bool]:
+    """For each caption, True when every id ``tokenizer`` writes between its prefix and the first end id is a
+    special id (``special_ids``): nothing of the caption's own is there.
+
+    A text tower pools at the first end id ('argmax' and 'eos' pooling), so such a caption reads as the empty
+    caption: a byte-order mark or control characters alone (dropped by open_clip's cleaning), the text
+    '<end_of_text>' (CLIP) or '</s>' (XLM-V), or that text before the caption. No vocabulary is assumed: the
+    ids come from the tokenizer object. Raises TypeError as ``token_layout`` does."""
+    layout = token_layout(tokenizer)
+    specials = set(special_ids(tokenizer))
+    found = []
+    for ids in caption_ids(tokenizer, captions):
+        body = ids[len(layout.prefix):]
+        if layout.end is not None and layout.end in body:
+            body = body[:body.index(layout.end)]
+        found.append(all(i in specials for i in body))
+    return found
+
+
 def decode_ids(tokenizer, ids: Sequence[int]) -> str:
     """The text of a caption's own ids (no special ids) as ``tokenizer`` decodes them (SimpleTokenizer: lower
     case, a space after each word)."""

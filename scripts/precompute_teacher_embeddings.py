@@ -27,6 +27,7 @@ import open_clip_ext  # noqa: F401  (registers this project's configs)
 from open_clip_ext.convert import pretrained_uses_quick_gelu
 from training_ext.data.keyed_captions import (KeyedCaption, caption_digest, caption_field_for, csv_captions,
                                         folder_captions, tokenized_batches, webdataset_captions)
+from training_ext.data.skips import TextCheck
 from training_ext.data.teacher_cache import (CacheHeader, TeacherCacheError, TeacherCacheWriter, file_sha256,
                                         teacher_checkpoint_file)
 
@@ -81,12 +82,15 @@ def resolve_dataset_type(kind: str, data: str, parser) -> str:
     parser.error(f"cannot tell the dataset type of {data!r}; pass --dataset-type")
 
 
-def caption_records(args) -> Iterable[KeyedCaption]:
+def caption_records(args, text_check: TextCheck) -> Iterable[KeyedCaption]:
+    """The samples training reads, by its caption rules: a caption that is empty or holds no text once tokenized
+    by the teacher's tokenizer (``text_check``) is skipped, as training skips it."""
     if args.dataset_type == "csv":
-        return csv_captions(args.data, args.csv_caption_key, args.csv_short_caption_key, args.csv_separator)
+        return csv_captions(args.data, args.csv_caption_key, args.csv_short_caption_key, args.csv_separator,
+                            text_check=text_check)
     if args.dataset_type == "webdataset":
-        return webdataset_captions(args.data, args.wds_short_caption_key)
-    return folder_captions(args.data, progress=not args.no_progress)
+        return webdataset_captions(args.data, args.wds_short_caption_key, text_check)
+    return folder_captions(args.data, progress=not args.no_progress, text_check=text_check)
 
 
 def caption_fields(args):
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
                          embedding_width=int(width), dataset_type=args.dataset_type, dataset=data,
                          caption_field=caption_field, short_caption_field=short_field)
     writer = TeacherCacheWriter(args.output, header)
-    records = caption_records(args)
+    records = caption_records(args, TextCheck.of(tokenizer))
     total = len(records) if isinstance(records, list) else None
     remaining = skip_done(records, writer.keys_done, args.output)
     with tqdm(total=total, initial=writer.rows, unit=" captions", desc="teacher embeddings",

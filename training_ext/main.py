@@ -8,8 +8,10 @@ open_clip_train unchanged: use it to train a stock-style CLIP (such as the demo'
 
 The flags are parsed (open_clip_train's parser, which imports neither torch nor open_clip) before open_clip_train
 and torch load, so ``--help`` and a misspelt flag answer at once; an unknown ``--model`` is refused with its close
-matches before open_clip_train sets anything up.
+matches before open_clip_train sets anything up, and so is a contrastive loss over fewer than two pairs per step
+(``check_contrastive_pairs``; open_clip_train's loop cannot skip such a step).
 """
+import logging
 import sys
 
 from open_clip_train.params import parse_args
@@ -30,10 +32,41 @@ def main(argv=None):
     args = parse_args(argv)  # exits here on --help or a flag argparse refuses
     from training_ext.engine import params, preflight  # imports open_clip and registers open_clip_ext's configs
     preflight.require_model(args.model, "--model", lambda message: params.fail(PROG, message))
+    check_contrastive_pairs(args, params.world_size_from_env(), lambda message: params.fail(PROG, message))
     from training_ext.engine.open_clip_train_patches import use_project_csv_reader
     use_project_csv_reader(csv_image_root)  # CSVs read by the project's reader and rules, as the stages read them
     from open_clip_train.main import main as open_clip_train_main
     return open_clip_train_main(argv)
+
+
+def check_contrastive_pairs(args, processes: int, error) -> None:
+    """Refuse (``error(message)``, which exits) a run whose every step computes a purely contrastive loss over fewer
+    than 2 image-caption pairs; warn when the loss has another term that still trains (CoCa's caption loss).
+
+    The pairs of a step are --batch-size x --accum-freq x ``processes``: open_clip_train gathers features across
+    processes and computes the loss over the accumulated batch, and its data loaders always give full batches
+    (drop_last, webdataset's full batches), so the flags alone decide. Which loss runs follows
+    ``open_clip.create_loss``: --distill-model/--distill-pretrained (CLIP + distillation), a CoCa model, --siglip,
+    else the CLIP loss."""
+    pairs = args.batch_size * args.accum_freq * processes
+    if pairs >= 2:
+        return
+    distill = args.distill_model is not None and args.distill_pretrained is not None  # open_clip_train's rule
+    layout = (f"--batch-size {args.batch_size} x --accum-freq {args.accum_freq} x {processes} process(es) gives "
+              f"{pairs} image-caption pair per step")
+    if "coca" in args.model.lower() and not distill:
+        if args.coca_contrastive_loss_weight:
+            logging.warning(f"{layout}: CoCa's contrastive term over one pair is exactly 0, only its caption loss "
+                            f"trains. Raise --batch-size or --accum-freq, or set --coca-contrastive-loss-weight 0")
+        return
+    if args.siglip and not distill:
+        why = "the sigmoid loss has no negative pair: it only pushes that pair's logit up, whatever the model"
+    else:
+        loss = "CLIP loss with --distill-model" if distill else "CLIP loss"
+        why = (f"the {loss} over one pair is a 1x1 logit matrix, a loss of exactly 0: every optimizer step would "
+               f"change the weights by weight decay alone")
+    error(f"{layout}: {why}. open_clip_train's loop cannot skip such a step; raise --batch-size or --accum-freq "
+          f"to at least 2 pairs")
 
 
 def _take_csv_image_root(argv):

@@ -1,5 +1,6 @@
 """Caption helpers shared by data preparation, training and evaluation."""
 import re
+from typing import Callable, Optional
 
 # A sentence ends at . ! or ? followed by white space; "e.g. " style abbreviations and decimals
 # ("3.5") are not sentence ends.
@@ -12,9 +13,16 @@ def clean_caption(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def short_caption_for(long_caption: str, given_short=None) -> str:
-    """A given (non-empty) short caption wins; otherwise the first sentence of the long caption."""
-    return clean_caption(given_short or "") or first_sentence(long_caption)
+def short_caption_for(long_caption: str, given_short=None, holds_text: Optional[Callable[[str], bool]] = None) -> str:
+    """A given short caption that holds text wins; otherwise the long caption's first sentence when it holds text,
+    else the long caption itself (cleaned). ``holds_text(cleaned caption)`` is the training data's empty-caption
+    rule (training_ext.data.skips.TextCheck.holds_text); by default a non-empty caption holds text."""
+    holds = holds_text or bool
+    given = clean_caption(given_short or "")
+    if given and holds(given):
+        return given
+    sentence = first_sentence(long_caption)
+    return sentence if holds(sentence) else clean_caption(long_caption)
 
 
 def first_sentence(text: str) -> str:

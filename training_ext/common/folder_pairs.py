@@ -6,7 +6,7 @@ so both read a folder by the same rule.
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from training_ext.common.captions import clean_caption
 from training_ext.common.text_files import TextDecodeError, read_text
@@ -94,29 +94,40 @@ def read_caption_lines(text_path: str) -> List[str]:
 
 @dataclass
 class FolderCaptions:
-    """The captions of a paired folder as training reads them, and the caption files it leaves out."""
+    """The captions of a paired folder as training reads them, and the caption files and lines it leaves out."""
     root: str
-    items: List[Tuple[str, str, List[str]]]   # (image, caption file, its caption lines)
+    # (image, caption file, its caption lines, the numbers of the lines that hold text): a line keeps its number
+    # (the teacher-cache key's #<line>) whichever lines a tokenizer finds no text in
+    items: List[Tuple[str, str, List[str], List[int]]]
     orphan_images: List[str]
     orphan_texts: List[str]
     empty: List[str]                          # caption files without a caption line: their images are skipped
     undecodable: List[str]                    # caption files that are not UTF-8: their images are skipped
+    textless: List[str]                       # caption files no line of which holds text once tokenized: skipped
+    textless_lines: List[str]                 # "<file>#<n>" (n-th non-empty line, from 0) of other lines without text
 
     def report(self) -> None:
         """Log each kind of left-out file with its count and the first few paths (never dropped silently)."""
         for what, paths in (("images without a caption file, skipped", self.orphan_images),
                             ("caption files without an image, ignored", self.orphan_texts),
                             ("empty caption files, their images skipped", self.empty),
-                            ("caption files that are not UTF-8, their images skipped", self.undecodable)):
+                            ("caption files that are not UTF-8, their images skipped", self.undecodable),
+                            ("caption files no line of which holds text once tokenized, their images skipped",
+                             self.textless),
+                            ("caption lines (file#n: its n-th non-empty line, from 0) that hold no text once "
+                             "tokenized, never read", self.textless_lines)):
             if paths:
                 logging.warning(f"{self.root}: {len(paths)} {what} (e.g. {', '.join(paths[:_SHOWN])})")
 
 
-def read_folder_captions(root: str, progress: bool = False) -> FolderCaptions:
+def read_folder_captions(root: str, progress: bool = False,
+                         holds_text: Optional[Callable[[str], bool]] = None) -> FolderCaptions:
     """Pair ``root`` and read every caption file: the one rule training and the teacher-cache precompute share.
-    An empty or undecodable caption file skips its image (counted by ``FolderCaptions.report``)."""
+    An empty or undecodable caption file skips its image (counted by ``FolderCaptions.report``); with
+    ``holds_text`` (the tokenizer's empty-caption rule, training_ext.data.skips.TextCheck.holds_text) so does a
+    file none of whose lines holds text, and a line without text is never read."""
     pairs = pair_folder(root, progress=progress)
-    items, empty, undecodable = [], [], []
+    items, empty, undecodable, textless, textless_lines = [], [], [], [], []
     for image, text in pairs.pairs:
         try:
             captions = read_caption_lines(text)
@@ -125,8 +136,14 @@ def read_folder_captions(root: str, progress: bool = False) -> FolderCaptions:
                 logging.warning(str(error))  # the first one in full: which byte, so the cause can be found
             undecodable.append(text)
             continue
-        if captions:
-            items.append((image, text, captions))
-        else:
+        if not captions:
             empty.append(text)
-    return FolderCaptions(pairs.root, items, pairs.orphan_images, pairs.orphan_texts, empty, undecodable)
+            continue
+        lines = [n for n, caption in enumerate(captions) if holds_text is None or holds_text(caption)]
+        if not lines:
+            textless.append(text)
+            continue
+        textless_lines += [f"{text}#{n}" for n in sorted(set(range(len(captions))) - set(lines))]
+        items.append((image, text, captions, lines))
+    return FolderCaptions(pairs.root, items, pairs.orphan_images, pairs.orphan_texts, empty, undecodable, textless,
+                          textless_lines)

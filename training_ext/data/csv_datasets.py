@@ -10,8 +10,8 @@ pytorch#13246). Captions are cleaned, short captions derived and image paths res
 
 Checks made before training: a caption that is empty or white space only, or holds no text once tokenized by the
 dataset's tokenizer, is skipped and counted (the rule of every source, training_ext.data.skips; only the captions
-``TextCheck.suspect`` names are tokenized for it, found by Arrow without a Python object per row); an image file that does not exist stops the run naming the row, or with
-``skip_missing`` is skipped and counted. The image files are checked once per node, by its local rank 0, and the
+``TextCheck.suspect`` names are tokenized for it, found by Arrow without a Python object per row); an image file
+that does not exist stops the run naming the row, or with ``skip_missing`` is skipped and counted. The image files are checked once per node, by its local rank 0, and the
 result is shared with the node's other ranks (training_ext.data.node_shared).
 """
 import csv

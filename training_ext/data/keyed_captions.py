@@ -18,11 +18,11 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional
 
-from training_ext.common.captions import clean_caption, first_sentence
+from training_ext.common.captions import clean_caption, short_caption_for
 from training_ext.common.csv_table import read_csv_table
 from training_ext.common.folder_pairs import read_folder_captions
 from training_ext.data.shard_checks import ShardFieldCheck, sample_captions
-from training_ext.data.skips import SHOWN, checked_caption
+from training_ext.data.skips import SHOWN, TextCheck, checked_caption
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,13 @@ def caption_digest(caption: str) -> str:
     return hashlib.sha1(clean_caption(caption).encode("utf-8")).hexdigest()[:16]
 
 
-def keyed_caption(key: str, caption: str, short_caption: Optional[str] = None) -> KeyedCaption:
+def keyed_caption(key: str, caption: str, short_caption: Optional[str] = None,
+                  text_check: Optional[TextCheck] = None) -> KeyedCaption:
+    """The record of one sample; the short caption as training picks it (``short_caption_for`` with the
+    tokenizer's empty-caption rule when ``text_check`` is given)."""
     caption = clean_caption(caption)
-    short = clean_caption(short_caption or "") or first_sentence(caption)
-    return KeyedCaption(key, caption, short)
+    return KeyedCaption(key, caption, short_caption_for(caption, short_caption,
+                                                        text_check.holds_text if text_check else None))
 
 
 def caption_field_for(dataset_type: str, csv_caption_key: str) -> str:
@@ -68,20 +71,21 @@ def _report_skipped(source: str, skipped: List[str]) -> None:
 
 
 def csv_captions(path: str, caption_key: str = "title", short_caption_key: Optional[str] = None,
-                 separator: str = "\t", image_key: Optional[str] = "filepath") -> List[KeyedCaption]:
+                 separator: str = "\t", image_key: Optional[str] = "filepath",
+                 text_check: Optional[TextCheck] = None) -> List[KeyedCaption]:
     """Every data row of an open_clip CSV that training reads (only the caption columns are read; ``image_key``
-    serves the reader's multi-line check, as in stage 1); a row with an empty caption is skipped, as training skips
-    it. Raises what ``read_csv_table`` raises."""
+    serves the reader's multi-line check, as in stage 1); a row with an empty caption, or with ``text_check`` one
+    that holds no text once tokenized, is skipped, as training skips it. Raises what ``read_csv_table`` raises."""
     table = read_csv_table(path, {"--csv-caption-key": caption_key, "--csv-short-caption-key": short_caption_key},
                            separator, image_key=image_key)
     shorts = table.columns[short_caption_key] if short_caption_key else [None] * len(table)
     records, skipped = [], []
     for row, (text, short) in enumerate(zip(table.columns[caption_key], shorts)):
-        caption, reason, _ = checked_caption(text, path)
+        caption, reason, detail = checked_caption(text, path, text_check)
         if reason:
-            skipped.append(f"{table.where(row)}: {reason}")
+            skipped.append(f"{table.where(row)}: {reason}" + (f" ({detail})" if detail else ""))
         else:
-            records.append(keyed_caption(csv_row_key(row), caption, short))
+            records.append(keyed_caption(csv_row_key(row), caption, short, text_check))
     _report_skipped(path, skipped)
     return records
 
@@ -118,30 +122,35 @@ def _tar_samples(url: str, wanted: set) -> Iterator[dict]:
         yield sample
 
 
-def webdataset_captions(urls: str, short_caption_key: Optional[str] = None) -> Iterator[KeyedCaption]:
+def webdataset_captions(urls: str, short_caption_key: Optional[str] = None,
+                        text_check: Optional[TextCheck] = None) -> Iterator[KeyedCaption]:
     """The samples of brace-expanded shards, in shard order, by training's rules: a sample without a usable
-    caption is skipped (and counted), a shard none of whose samples has a ``txt`` member raises ShardFormatError."""
+    caption (with ``text_check``: also one that holds no text once tokenized) is skipped (and counted), a shard
+    none of whose samples has a ``txt`` member raises ShardFormatError."""
     from open_clip_train.data import expand_urls
 
     wanted = {"txt"} | ({short_caption_key} if short_caption_key else set())
     skipped = []
     for sample in ShardFieldCheck()(s for url in expand_urls(urls)[0] for s in _tar_samples(url, wanted)):
-        caption, short, reason, _ = sample_captions(sample, short_caption_key)
+        caption, short, reason, detail = sample_captions(sample, short_caption_key, text_check)
         if reason:
-            skipped.append(f"{sample['__url__']} sample {sample['__key__']}: {reason}")
+            skipped.append(f"{sample['__url__']} sample {sample['__key__']}: {reason}"
+                           + (f" ({detail})" if detail else ""))
         else:
-            yield keyed_caption(sample["__key__"], caption, short)
+            yield keyed_caption(sample["__key__"], caption, short, text_check)
     _report_skipped(urls, skipped)
 
 
 # ---------------------------------------------------------------------------------------------- folder
 
-def folder_captions(root: str, progress: bool = False) -> List[KeyedCaption]:
-    """One record per caption line of every image/caption-file pair under ``root`` that training reads."""
-    found = read_folder_captions(root, progress=progress)
+def folder_captions(root: str, progress: bool = False, text_check: Optional[TextCheck] = None) -> List[KeyedCaption]:
+    """One record per caption line of every image/caption-file pair under ``root`` that training reads: with
+    ``text_check``, the lines that hold text once tokenized (a line keeps its number either way)."""
+    found = read_folder_captions(root, progress=progress,
+                                 holds_text=text_check.holds_text if text_check else None)
     found.report()
-    return [keyed_caption(folder_line_key(found.root, image, line), caption)
-            for image, _, captions in found.items for line, caption in enumerate(captions)]
+    return [keyed_caption(folder_line_key(found.root, image, line), captions[line], None, text_check)
+            for image, _, captions, lines in found.items for line in lines]
 
 
 # ------------------------------------------------------------------------------------------ tokenizing

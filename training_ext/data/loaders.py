@@ -27,7 +27,7 @@ from training_ext.data.csv_datasets import CsvImageTextDataset, CsvTextDataset
 from training_ext.data.folder import FolderDataset
 from training_ext.data.shard_checks import (EmptyDataError, ShardFieldCheck, StallWatchdog, sample_captions,
                                             sample_fields)
-from training_ext.data.skips import NO_IMAGE, SkipLog, checked_caption, decode_image
+from training_ext.data.skips import NO_IMAGE, SkipLog, TextCheck, decode_image
 
 _WDS_SAMPLE_SHUFFLE = (5000, 1000)  # (bufsize, initial): open_clip_train's sample shuffle
 _WDS_SHARD_SHUFFLE = (2000, 500)
@@ -142,16 +142,17 @@ def _map_style_data(dataset: Dataset, args, is_train: bool) -> DataInfo:
 
 class _CaptionedSamples:
     """Pipeline stage between reading a shard and shuffling: decodes the long (``txt``) and short captions and
-    skips (counting) a sample whose caption is missing, empty or blank, or not UTF-8 (skips.checked_caption, the
-    rule every source follows)."""
+    skips (counting) a sample whose caption is missing, empty or blank, holds no text once tokenized
+    (``text_check``), or is not UTF-8 (skips.checked_caption, the rule every source follows)."""
 
-    def __init__(self, skips: SkipLog, short_key: Optional[str]):
+    def __init__(self, skips: SkipLog, short_key: Optional[str], text_check: TextCheck):
         self.skips = skips
         self.short_key = short_key
+        self.text_check = text_check
 
     def __call__(self, samples):
         for sample in samples:
-            caption, short, reason, detail = sample_captions(sample, self.short_key)
+            caption, short, reason, detail = sample_captions(sample, self.short_key, self.text_check)
             if reason:
                 self.skips.skip(reason, f"{sample.get('__url__')} sample {sample.get('__key__')}", detail)
                 continue
@@ -172,13 +173,15 @@ class _TextOnlySample:
 
 
 class _ImageTextSample:
-    """Decode the image (None when it is missing or corrupt: dropped and counted) and both captions."""
+    """Decode the image (None when it is missing or corrupt: dropped and counted) and both captions; the short
+    caption is the given one or the first sentence, whichever holds text (``text_check``)."""
 
-    def __init__(self, tokenizer, transform, short_key: Optional[str], skips: SkipLog):
+    def __init__(self, tokenizer, transform, short_key: Optional[str], skips: SkipLog, text_check: TextCheck):
         self.tokenize = tokenizer
         self.transform = transform
         self.short_key = short_key
         self.skips = skips
+        self.text_check = text_check
 
     def __call__(self, sample):
         where = f"{sample.get('__url__')} sample {sample.get('__key__')}"
@@ -190,7 +193,8 @@ class _ImageTextSample:
         if pixels is None:
             return None
         long = sample["txt"]
-        short = short_caption_for(long, sample.get(self.short_key) if self.short_key else None)
+        short = short_caption_for(long, sample.get(self.short_key) if self.short_key else None,
+                                  self.text_check.holds_text)
         return pixels, self.tokenize([long])[0], self.tokenize([short])[0]
 
 
@@ -219,7 +223,7 @@ class _GuardedPipeline(wds.DataPipeline):
 
 
 def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int, skips: SkipLog,
-              check: ShardFieldCheck) -> DataInfo:
+              check: ShardFieldCheck, text_check: TextCheck) -> DataInfo:
     shards = args.train_data if is_train else args.val_data
     resampled = getattr(args, "dataset_resampled", False) and is_train
     shared_epoch = SharedEpoch(epoch=epoch)
@@ -252,10 +256,11 @@ def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int, skips: Skip
         # webdataset's own reader: open_clip_train's tarfile_to_samples_nothrow breaks on the end-of-shard
         # marker webdataset >= 1.0 emits (KeyError 'fname' after the first shard)
         pipeline += [watchdog.shards, wds.tarfile_to_samples(handler=log_and_continue), watchdog.samples, check,
-                     _CaptionedSamples(skips, args.wds_short_caption_key), wds.shuffle(*_WDS_SAMPLE_SHUFFLE)]
+                     _CaptionedSamples(skips, args.wds_short_caption_key, text_check),
+                     wds.shuffle(*_WDS_SAMPLE_SHUFFLE)]
     else:
         pipeline += [wds.split_by_worker, wds.tarfile_to_samples(handler=log_and_continue), check,
-                     _CaptionedSamples(skips, args.wds_short_caption_key)]
+                     _CaptionedSamples(skips, args.wds_short_caption_key, text_check)]
     pipeline += [wds.map(to_sample), wds.select(_not_none), wds.batched(args.batch_size, partial=not is_train),
                  watchdog.reset]
     dataset = _GuardedPipeline(*pipeline, where=shards, skips=skips)
@@ -299,36 +304,39 @@ def dataset_type(args, path: Optional[str]) -> str:
     raise ValueError(f"cannot tell the dataset type of {path!r} from its extension; pass --dataset-type")
 
 
-def _folder_data(args, path: str, tokenizer, transform, is_train: bool, skips: SkipLog,
+def _folder_data(args, path: str, tokenizer, transform, is_train: bool, skips: SkipLog, text_check: TextCheck,
                  teacher_cache=None) -> DataInfo:
     """A folder dataset; validation always reads the first line, so its captions do not change."""
     dataset = FolderDataset(path, tokenizer, transform, args.folder_caption_line if is_train else "first",
-                            args.folder_short_line, seed=args.seed)
-    dataset.skips = skips
+                            args.folder_short_line, seed=args.seed, text_check=text_check, skips=skips)
     data = _map_style_data(FolderCachedTargets(dataset, teacher_cache) if teacher_cache else dataset, args,
                            is_train)
     data.shared_epoch = dataset.shared_epoch  # DataInfo.set_epoch redraws the caption lines
     return data
 
 
-def get_text_data(args, tokenizer, epoch: int = 0, teacher_cache=None) -> DataInfo:
+def get_text_data(args, tokenizer, epoch: int = 0, teacher_cache=None,
+                  text_check: Optional[TextCheck] = None) -> DataInfo:
     """Stage-1 training data: long captions only, batches ``(long_ids,)``; with a teacher cache
-    ``(long_ids, cached teacher embedding)``. ``.skipped`` (a SkipLog) counts the samples left out, ``.epoch_size``
-    is the number of samples an epoch's order is drawn from."""
+    ``(long_ids, cached teacher embedding)``. ``text_check`` (default ``TextCheck.of(tokenizer)``) finds the
+    captions that hold no text once tokenized; with a cache it should also hold the cache's teacher tokenizer.
+    ``.skipped`` (a SkipLog) counts the samples left out, ``.epoch_size`` is the number of samples an epoch's
+    order is drawn from."""
     kind = dataset_type(args, args.train_data)
     skips = SkipLog()
+    text_check = text_check or TextCheck.of(tokenizer)
     if kind == "synthetic" and teacher_cache is None:
         data = _map_style_data(SyntheticTextDataset(args.train_num_samples or 64, tokenizer), args, True)
     elif kind == "csv":
         dataset = CsvTextDataset(args.train_data, args.csv_caption_key, tokenizer, sep=args.csv_separator,
-                                 skips=skips, image_key=args.csv_img_key)
+                                 skips=skips, image_key=args.csv_img_key, text_check=text_check)
         data = _map_style_data(CsvCachedTargets(dataset, teacher_cache) if teacher_cache else dataset, args, True)
     elif kind == "webdataset":
         to_sample = _TextOnlySample(tokenizer)
         data = _wds_data(args, True, CachedTextSample(to_sample, teacher_cache) if teacher_cache else to_sample,
-                         epoch, skips, ShardFieldCheck())
+                         epoch, skips, ShardFieldCheck(), text_check)
     elif kind == "folder":
-        data = _folder_data(args, args.train_data, tokenizer, None, True, skips, teacher_cache)
+        data = _folder_data(args, args.train_data, tokenizer, None, True, skips, text_check, teacher_cache)
     else:
         raise ValueError(f"unsupported --dataset-type {kind!r}" + (" with --teacher-cache" if teacher_cache else ""))
     data.skipped = skips
@@ -342,6 +350,7 @@ def get_image_text_data(args, tokenizer, transform, is_train: bool, epoch: int =
     path = args.train_data if is_train else args.val_data
     kind = dataset_type(args, path)
     skips = SkipLog()
+    text_check = TextCheck.of(tokenizer)
     if kind == "synthetic":
         size = (args.train_num_samples if is_train else args.val_num_samples) or 64
         data = _map_style_data(SyntheticImageTextDataset(size, tokenizer, transform, image_size), args, is_train)
@@ -351,13 +360,14 @@ def get_image_text_data(args, tokenizer, transform, is_train: bool, epoch: int =
             # validation ranks long captions only, so its CSV needs no short-caption column
             short_caption_key=args.csv_short_caption_key if is_train else None, sep=args.csv_separator,
             skip_missing=args.csv_skip_missing_images, image_root=getattr(args, "csv_image_root", None),
-            skips=skips)
+            skips=skips, text_check=text_check)
         data = _map_style_data(dataset, args, is_train)
     elif kind == "webdataset":
-        data = _wds_data(args, is_train, _ImageTextSample(tokenizer, transform, args.wds_short_caption_key, skips),
-                         epoch, skips, ShardFieldCheck(image_fields=_WDS_IMAGE_FIELDS))
+        to_sample = _ImageTextSample(tokenizer, transform, args.wds_short_caption_key, skips, text_check)
+        data = _wds_data(args, is_train, to_sample, epoch, skips, ShardFieldCheck(image_fields=_WDS_IMAGE_FIELDS),
+                         text_check)
     elif kind == "folder":
-        data = _folder_data(args, path, tokenizer, transform, is_train, skips)
+        data = _folder_data(args, path, tokenizer, transform, is_train, skips, text_check)
     else:
         raise ValueError(f"unsupported --dataset-type {kind!r}")
     data.skipped = skips

@@ -9,7 +9,7 @@ shards whose samples all lack the expected members (``key.jpg`` + ``key.cls``, o
 """
 from typing import Iterable, Iterator, Optional, Sequence, Tuple
 
-from training_ext.data.skips import UNDECODABLE_CAPTION, SkipLog, checked_caption
+from training_ext.data.skips import UNDECODABLE_CAPTION, SkipLog, TextCheck, checked_caption
 
 
 class EmptyDataError(RuntimeError):
@@ -26,15 +26,17 @@ def sample_fields(sample: dict) -> list:
     return sorted(key for key in sample if not key.startswith("__"))
 
 
-def sample_captions(sample: dict, short_key: Optional[str]) -> Tuple[str, Optional[str], Optional[str], str]:
+def sample_captions(sample: dict, short_key: Optional[str],
+                    text_check: Optional[TextCheck] = None) -> Tuple[str, Optional[str], Optional[str], str]:
     """(long caption, short caption or None, skip reason or None, detail) of a webdataset sample by the caption rule
-    (skips.checked_caption): training and the teacher-cache precompute read shards alike. An empty short caption
-    falls back to the long caption's first sentence later; one that is not UTF-8 skips the sample."""
+    (skips.checked_caption, with ``text_check``: a caption that holds no text once tokenized is empty): training and
+    the teacher-cache precompute read shards alike. An empty short caption (or one without text) comes back as ""
+    and falls back to the long caption's first sentence later; one that is not UTF-8 skips the sample."""
     where = f"{sample.get('__url__')} sample {sample.get('__key__')}"
-    caption, reason, detail = checked_caption(sample.get("txt"), f"{where} .txt")
+    caption, reason, detail = checked_caption(sample.get("txt"), f"{where} .txt", text_check)
     short = sample.get(short_key) if short_key else None
     if not reason and short is not None:
-        short, short_reason, detail = checked_caption(short, f"{where} .{short_key}")
+        short, short_reason, detail = checked_caption(short, f"{where} .{short_key}", text_check)
         reason = short_reason if short_reason == UNDECODABLE_CAPTION else None
     return caption, short, reason, detail
 

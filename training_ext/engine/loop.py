@@ -41,6 +41,7 @@ class TrainState:
     epoch_samples: int = 0            # samples of epoch `epoch` trained (all processes): a prefix of its order
     samples_seen: int = 0             # samples trained since the run began: the lr schedule's position
     data_layout: Dict = field(default_factory=dict)  # the flags that define those positions (checkpoint.py)
+    skipped_steps: int = 0            # steps of this run left untrained: too few readable pairs (run_epoch)
 
 
 def apply_update(state: TrainState, grad_clip_norm: Optional[float]) -> None:
@@ -96,6 +97,8 @@ class StepLogger:
         skipped = getattr(self.data, "skipped", None)
         if skipped is not None and skipped.get():
             scalars["skipped_samples"] = skipped.get()
+        if state.skipped_steps:
+            scalars["skipped_steps"] = state.skipped_steps
         total = self.data.dataloader.num_samples
         logging.info(
             f"Train Epoch: {self.epoch} [{state.epoch_samples}/{total} "
@@ -104,7 +107,8 @@ class StepLogger:
             f"{samples_per_second:#g}/s, {samples_per_second / args.world_size:#g}/s/gpu "
             f"LR: {scalars['lr']:5f} "
             + " ".join(f"{name.capitalize()}: {m.val:#.5g} ({m.avg:#.5g})" for name, m in self.losses.items())
-            + (f" Skipped samples: {scalars['skipped_samples']}" if "skipped_samples" in scalars else ""))
+            + (f" Skipped samples: {scalars['skipped_samples']}" if "skipped_samples" in scalars else "")
+            + (f" Skipped steps: {scalars['skipped_steps']}" if "skipped_steps" in scalars else ""))
         log_data = {"train/" + name: value for name, value in scalars.items()}
         if self.writer is not None:
             for name, value in log_data.items():
@@ -164,13 +168,26 @@ def usable_micro_batches(pending: List, args) -> Tuple[List, int]:
     return usable, sum(sizes) - sum(agreed)
 
 
+def step_pairs(micro_batches: List, args) -> int:
+    """The samples one step trains on, all processes together, from ``usable_micro_batches``'s output: with
+    several processes every process holds micro-batches of the same lengths, so every process computes the same
+    number (and takes the same decision on it without another collective)."""
+    return sum(len(batch[0]) for batch in micro_batches) * (args.world_size if args.distributed else 1)
+
+
 def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Callable, writer,
-              extra_scalars: Callable, steps_per_epoch: int) -> None:
+              extra_scalars: Callable, steps_per_epoch: int, min_pairs: int = 1) -> None:
     """Train from the current position to the end of epoch ``state.epoch`` (mid-epoch after a resume).
 
     Positions advance by the global batch per step whether or not some of its samples were unreadable (they are
-    counted in the data's SkipLog), so a resume continues after them. Raises EmptyDataError when the epoch gives
-    no batch or trains no step, RuntimeError when the data runs out early."""
+    counted in the data's SkipLog), so a resume continues after them. A step left with fewer than ``min_pairs``
+    readable samples across all processes (``step_pairs``; a contrastive loss needs 2: one pair gives a 1x1 logit
+    matrix and a loss of exactly 0, on which weight decay alone would move the weights) takes no optimizer step:
+    it is counted in ``state.skipped_steps`` and logged. Its samples still count as trained in the position
+    (``epoch_samples``, ``samples_seen``), so a resume continues after them and the lr schedule, which is read at
+    ``samples_seen``, moves on as if the step had been taken: the next step gets the lr of its own position.
+    ``state.step`` counts optimizer steps only. Raises EmptyDataError when the epoch gives no batch or trains no
+    step, RuntimeError when the data runs out early."""
     epoch = state.epoch
     step_samples = global_batch(args)
     steps_left = start_epoch_at(data, epoch, state.epoch_samples, args) // args.accum_freq
@@ -180,6 +197,7 @@ def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Ca
     progress = tqdm(total=steps_per_epoch, initial=steps_before, desc=f"{args.stage} epoch {epoch}",
                     disable=not is_master(args), dynamic_ncols=True, leave=False)
     steps_run, steps_trained, batches, uneven, pending = 0, 0, 0, 0, []
+    skipped_before = state.skipped_steps
     end = time.time()
     for batch in (data.dataloader if steps_left > 0 else ()):
         batches += 1
@@ -190,7 +208,9 @@ def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Ca
         micro_batches, cut = usable_micro_batches(pending, args)
         uneven += cut
         pending = []
-        if micro_batches:
+        pairs = step_pairs(micro_batches, args)
+        trains = pairs >= min_pairs
+        if trains:
             if not args.skip_scheduler:
                 state.scheduler(schedule_step(state.samples_seen, step_samples))
             state.optimizer.zero_grad(set_to_none=True)
@@ -206,22 +226,22 @@ def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Ca
             state.step += 1
             steps_trained += 1
         else:
-            logging.warning(f"epoch {epoch}: a step skipped: none of its micro-batches had a readable sample on "
-                            f"every process (the unreadable ones are counted)")
+            state.skipped_steps += 1
+            _warn_skipped_step(epoch, state, pairs, min_pairs, step_samples)
         state.epoch_samples += step_samples
         state.samples_seen += step_samples
         steps_run += 1
         logger.batch_time.update(time.time() - end)
-        if micro_batches:
+        if trains:
             logger.log(state, losses, steps_before + steps_run)
         progress.update(1)
         if steps_run >= steps_left:
             break
-        if micro_batches and args.save_every_n_steps and state.step % args.save_every_n_steps == 0:
+        if trains and args.save_every_n_steps and state.step % args.save_every_n_steps == 0:
             save(state, args, end_of_epoch=False)
         end = time.time()
     progress.close()
-    _report_skipped(data, epoch, uneven)
+    _report_skipped(data, epoch, uneven, state.skipped_steps - skipped_before, min_pairs)
     if steps_left > 0 and not batches:
         raise EmptyDataError(f"epoch {epoch} gave no batch at all: the training data yielded nothing"
                              + _skip_note(data))
@@ -229,7 +249,22 @@ def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Ca
         raise RuntimeError(f"epoch {epoch} ended after {steps_run} of {steps_left} steps: the data ran out "
                            "(check --train-num-samples against the shards)")
     if steps_left > 0 and not steps_trained:
-        raise EmptyDataError(f"epoch {epoch} trained no step: no sample could be read" + _skip_note(data))
+        raise EmptyDataError(f"epoch {epoch} trained no step: no step had {min_pairs} readable "
+                             f"sample{'s' if min_pairs > 1 else ''} on all processes together" + _skip_note(data))
+
+
+_STEPS_NAMED = 3  # skipped steps named as they happen; the rest are counted at the epoch's end
+
+
+def _warn_skipped_step(epoch: int, state: TrainState, pairs: int, min_pairs: int, step_samples: int) -> None:
+    if state.skipped_steps > _STEPS_NAMED:
+        return
+    why = ("none of its samples was readable" if not pairs else
+           f"only {pairs} of its {step_samples} samples were readable (all processes together), and the loss "
+           f"needs {min_pairs} pairs: on {pairs} it would be exactly 0")
+    logging.warning(f"epoch {epoch}: step at sample {state.epoch_samples} of the epoch skipped, no optimizer step: "
+                    f"{why}; its samples count as trained (position and lr schedule move on)"
+                    + (" (further skipped steps are only counted)" if state.skipped_steps == _STEPS_NAMED else ""))
 
 
 def _skip_note(data) -> str:
@@ -237,19 +272,24 @@ def _skip_note(data) -> str:
     return f" (samples skipped: {skipped.summary()})" if skipped is not None and skipped.get() else ""
 
 
-def _report_skipped(data, epoch: int, uneven: int) -> None:
-    """Samples left out so far, by reason, at every epoch end (the first few were named as they happened)."""
+def _report_skipped(data, epoch: int, uneven: int, skipped_steps: int, min_pairs: int) -> None:
+    """Samples left out so far, by reason, and steps left untrained in this epoch, at every epoch end (the first
+    few were named as they happened)."""
     skipped = getattr(data, "skipped", None)
     if skipped is not None and skipped.get():
         logging.warning(f"epoch {epoch}: samples skipped so far: {skipped.summary()}")
+    if skipped_steps:
+        logging.warning(f"epoch {epoch}: {skipped_steps} step(s) skipped without an optimizer step: fewer than "
+                        f"{min_pairs} readable sample{'s' if min_pairs > 1 else ''} on all processes together")
     if uneven:
         logging.warning(f"epoch {epoch}: {uneven} readable samples left out to keep every process's batch the same "
                         f"size as the shortest (another process had unreadable samples)")
 
 
 def train(state: TrainState, args, data, step_fn: Callable, after_update: Callable, evaluate: Callable, writer,
-          extra_scalars: Callable = dict) -> None:
+          extra_scalars: Callable = dict, min_pairs: int = 1) -> None:
     """Epochs from ``state.epoch`` to ``args.epochs``: train, validate, checkpoint, keep processes in step.
+    ``min_pairs``: the fewest samples a step may train on, all processes together (``run_epoch``).
 
     Raises ResumeRefused (before any step) when a resumed position cannot be continued under this run's flags."""
     steps_per_epoch = data.dataloader.num_batches // args.accum_freq
@@ -263,7 +303,7 @@ def train(state: TrainState, args, data, step_fn: Callable, after_update: Callab
         if is_master(args):
             logging.info(f"Start epoch {state.epoch}" + (f" at sample {state.epoch_samples}" if state.epoch_samples
                                                            else ""))
-        run_epoch(state, args, data, step_fn, after_update, writer, extra_scalars, steps_per_epoch)
+        run_epoch(state, args, data, step_fn, after_update, writer, extra_scalars, steps_per_epoch, min_pairs)
         state.epoch += 1
         state.epoch_samples = 0
         if is_master(args):

@@ -58,6 +58,10 @@ class TrainingStage(StageFlags):
     """A TULIP stage as the engine sees it: its command line (``StageFlags``: name, flags, checks; importable
     without torch) plus the hooks below. Everything not overridden is the engine's default."""
 
+    # The fewest samples (all processes together) a step may train on; a step that lost more of its samples to
+    # unreadable data is skipped and counted (loop.run_epoch). 1 for a per-sample loss; a contrastive loss needs 2.
+    min_pairs_per_step: int = 1
+
     # ------------------------------------------------------------------ hooks
     def build_models(self, args, device: torch.device) -> StageModels:
         raise NotImplementedError
@@ -112,7 +116,7 @@ def run_training(stage: TrainingStage, args, device: torch.device, writer) -> Tr
     step_fn = stage.make_step(args, device, trained, models, scaler)
     evaluate = make_retrieval_validation(args, models.image_model, models.model, val_data, device, writer, state)
     train(state, args, train_data, step_fn, after_update=lambda: stage.after_update(models), evaluate=evaluate,
-          writer=writer, extra_scalars=lambda: stage.extra_scalars(models))
+          writer=writer, extra_scalars=lambda: stage.extra_scalars(models), min_pairs=stage.min_pairs_per_step)
     return state
 
 

@@ -11,7 +11,8 @@ without column buckets (the run says so); the run stops only when no CSV benchma
   e.g. "43-90" (kind "quantile"; results.json keeps the edges, which `--bucket-column-edges` reproduces);
 - otherwise one bucket per distinct value, in numeric order when every value is a number, else in text order
   (kind "categorical").
-A caption's image is bucketed by the value of the image's first caption (a CSV benchmark has one caption per image).
+Text->image results are bucketed by each caption's own row; image->text results by the row of the image's first
+caption (a --csv file may name an image in several rows).
 """
 import math
 from bisect import bisect_left

@@ -281,26 +281,39 @@ def read_sharegpt4v_lotlip(json_path: str, image_root: Optional[str] = None, cou
 
 def read_caption_csv(csv_path: str, image_root: Optional[str] = None, what: str = "caption csv",
                      separator: str = DEFAULT_SEPARATOR, img_key: str = "filepath",
-                     caption_key: str = "title") -> RetrievalSet:
+                     caption_key: str = "title", group_images: bool = False) -> RetrievalSet:
     """An open_clip CSV read as training reads it (training_ext.common.csv_table: standard CSV quoting, relative image
-    paths from image_root, else from the CSV's folder), one caption per image. An empty caption or image path, a missing
-    image, a malformed row or a file that is not UTF-8 is a BenchmarkError naming the file and line."""
+    paths from image_root, else from the CSV's folder). Captions are the rows, in row order (so a per-row column such
+    as --bucket-by-column's lines up with them). ``group_images`` False: one image per row (TULIP's Long-DCI pairs);
+    True: one image per distinct image file (its resolved path), in order of first appearance, every row naming it
+    one of its captions (the open_clip layout of several captions per image, read as COCO's protocol reads it). An
+    empty caption or image path, a missing image, a malformed row or a file that is not UTF-8 is a BenchmarkError
+    naming the file and line."""
     _require_file(csv_path, what)
     try:
         table = read_csv_table(csv_path, {"--csv-img-key": img_key, "--csv-caption-key": caption_key}, separator)
     except (ValueError, KeyError) as e:  # CsvFormatError, CsvColumnError, TextDecodeError
         raise BenchmarkError(f"{what}: {e}") from None
     base = image_base(csv_path, image_root)
-    image_paths, captions = [], []
+    row_images, captions = [], []
     for row, (image, caption) in enumerate(zip(table.columns[img_key], table.columns[caption_key])):
         if not image.strip():
             raise BenchmarkError(f"{table.where(row)}: empty {img_key!r}")
-        image_paths.append(resolve_image_path(image, base))
+        row_images.append(resolve_image_path(image, base))
         captions.append(_require_caption(caption, table.where(row)))
     if not captions:
         raise BenchmarkError(f"{csv_path}: no rows")
+    if not group_images:
+        _require_images_exist(row_images, what)
+        return RetrievalSet(row_images, captions, list(range(len(captions))))
+    index_of: Dict[str, int] = {}
+    caption_image = [index_of.setdefault(path, len(index_of)) for path in row_images]
+    image_paths = list(index_of)
     _require_images_exist(image_paths, what)
-    return RetrievalSet(image_paths, captions, list(range(len(captions))))
+    notes = [] if len(image_paths) == len(captions) else [
+        f"{len(captions)} rows name {len(image_paths)} distinct image files: each image is ranked once, and any of "
+        f"its captions is a correct image->text hit"]
+    return RetrievalSet(image_paths, captions, caption_image, notes=notes)
 
 
 def read_long_dci(csv_path: str, image_root: Optional[str] = None) -> RetrievalSet:
@@ -313,9 +326,11 @@ def caption_csv_benchmark(name: str, separator: str = DEFAULT_SEPARATOR, img_key
                           caption_key: str = "title") -> Benchmark:
     """A user's own held-out CSV as a named benchmark (eval's --csv NAME=PATH, with training's --csv-* flags)."""
     layout = f"{'tab' if separator == DEFAULT_SEPARATOR else repr(separator)}-separated {img_key}/{caption_key}"
-    return Benchmark(name, f"{name}: open_clip caption CSV ({layout}), 1 caption per image",
+    return Benchmark(name, f"{name}: open_clip caption CSV ({layout}), one caption per row, rows grouped by image "
+                           f"file (each image once, in order of first appearance; any of its captions is a correct "
+                           f"image->text hit)",
                      lambda path, image_root: read_caption_csv(path, image_root, name, separator, img_key,
-                                                               caption_key),
+                                                               caption_key, group_images=True),
                      "an open_clip caption CSV")
 
 

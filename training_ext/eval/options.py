@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     for benchmark in BENCHMARKS.values():
         group.add_argument(f"--{benchmark.name}", metavar="PATH", help=f"{benchmark.path_help}. {benchmark.protocol}")
     group.add_argument("--csv", action="append", default=[], metavar="NAME=PATH",
-                       help="any open_clip caption CSV (one caption per image, read as training reads it: standard "
-                            "CSV quoting) as a benchmark named NAME; repeatable (e.g. your own held-out split)")
+                       help="any open_clip caption CSV (one caption per row, rows naming the same image file are one image; "
+                            "read as training reads it: standard CSV quoting) as a benchmark named NAME; repeatable "
+                            "(e.g. your own held-out split)")
     group.add_argument("--csv-separator", default="\t", help="--csv files' field separator, as in training "
                        "(default: tab)")
     group.add_argument("--csv-img-key", default="filepath", help="--csv files' image path column (default filepath)")

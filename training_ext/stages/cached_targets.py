@@ -9,7 +9,7 @@ kept on the student model under ``open_clip_ext.convert.DISTILL_TARGET_MAP`` so 
 checkpoints and resume carry it; open_clip_ext's loader drops it when the checkpoint is loaded as a CLIP.
 """
 import logging
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -44,6 +44,19 @@ def open_run_cache(args, kind: str, teacher: Optional[nn.Module]) -> TeacherCach
         logging.info(f"--teacher-cache {args.teacher_cache}: embeddings of {cache.header.teacher} "
                      f"(sha256 {cache.header.checkpoint_sha256[:12]}); no --teacher-model to check them against")
     return cache
+
+
+def cache_tokenizer(args, cache: TeacherCache) -> List:
+    """[the tokenizer the cache's teacher read the captions with], or [] when open_clip has no config of that name
+    (embeddings written by another model through TeacherCacheWriter; logged)."""
+    import open_clip
+    name = args.teacher_model or cache.header.teacher
+    if open_clip.get_model_config(name) is None and not name.startswith("hf-hub:"):
+        logging.info(f"--teacher-cache {args.teacher_cache}: teacher {name!r} is not an open_clip model, so captions "
+                     f"are checked for text with the student's tokenizer only")
+        return []
+    return [open_clip.get_tokenizer(name, context_length=cache.header.tokenizer_context_length,
+                                    cache_dir=args.cache_dir)]
 
 
 def student_embedding_width(model: nn.Module) -> int:
@@ -102,13 +115,14 @@ class CsvCachedTargets(_CachedTargets):
 
 
 class FolderCachedTargets(_CachedTargets):
-    """Folder samples (``<relpath>#<line>``, the line drawn this epoch); every line is checked up front."""
+    """Folder samples (``<relpath>#<line>``, the line drawn this epoch); every line a sample can read (those that
+    hold text) is checked up front."""
 
     def __init__(self, dataset, cache: TeacherCache):
         super().__init__(dataset, cache)
         for item in dataset.items:
-            for line, caption in enumerate(item.captions):
-                cache.row(folder_line_key(dataset.root, item.image, line), caption)
+            for line in item.lines:
+                cache.row(folder_line_key(dataset.root, item.image, line), item.captions[line])
 
     def row(self, index: int) -> int:
         return self.cache.row(self.dataset.key(index))

@@ -14,9 +14,10 @@ from open_clip_ext.convert import convert_state_dict, uses_quick_gelu
 from open_clip_ext.state_dicts import is_image_side_key
 
 from training_ext.data.loaders import dataset_type, get_text_data
+from training_ext.data.skips import TextCheck
 from training_ext.engine.builders import create_clip
 from training_ext.engine.trainer import StageModels, TrainingStage
-from training_ext.stages.cached_targets import attach_target_map, open_run_cache
+from training_ext.stages.cached_targets import attach_target_map, cache_tokenizer, open_run_cache
 from training_ext.stages.distill import (StudentTextFeatures, TeacherTextFeatures, freeze_all_but_text,
                                          make_distill_step)
 from training_ext.stages.flags import DistillFlags
@@ -50,6 +51,9 @@ def copy_vision_from_teacher(student, teacher) -> None:
 class DistillStage(DistillFlags, TrainingStage):
     """Stage 1's hooks; its flags and checks are ``DistillFlags``'s."""
 
+    # the distillation losses (cosine, mse, l2) are means of per-caption terms: one pair is a valid step
+    min_pairs_per_step = 1
+
     def build_models(self, args, device) -> StageModels:
         teacher = None
         if args.teacher_model:  # optional with --teacher-cache: then it only gives the vision tower and validation
@@ -76,14 +80,18 @@ class DistillStage(DistillFlags, TrainingStage):
         return models
 
     def train_data(self, args, tokenizer, epoch, models):
-        if models.extras["cache"] is None:  # the live teacher reads its own tokenizer's view of each caption
+        cache = models.extras["cache"]
+        if cache is None:  # the live teacher reads its own tokenizer's view of each caption
             teacher = models.extras["teacher"]
             teacher_tokenizer = open_clip.get_tokenizer(args.teacher_model, context_length=int(teacher.context_length),
                                                         cache_dir=args.cache_dir)
             inputs = models.extras["teacher_inputs"] = TeacherInputs(tokenizer, teacher_tokenizer)
             logging.info(f"teacher inputs: {inputs.describe()}")
-            tokenizer = inputs.data_tokenizer
-        return get_text_data(args, tokenizer, epoch=epoch, teacher_cache=models.extras["cache"])
+            return get_text_data(args, inputs.data_tokenizer, epoch=epoch)  # its TextCheck holds both tokenizers
+        # the precompute skipped the captions without text for the teacher's tokenizer: skip them here too, or
+        # they would be looked up in a cache that lacks them
+        text_check = TextCheck([tokenizer, *cache_tokenizer(args, cache)])
+        return get_text_data(args, tokenizer, epoch=epoch, teacher_cache=cache, text_check=text_check)
 
     def training_module(self, models):
         return StudentTextFeatures(models.model)

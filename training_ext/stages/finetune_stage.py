@@ -33,6 +33,10 @@ def lock_towers(model, args) -> None:
 class FinetuneStage(FinetuneFlags, TrainingStage):
     """Stage 2's hooks; its flags and checks are ``FinetuneFlags``'s."""
 
+    # the CLIP loss over one pair is a 1x1 logit matrix: exactly 0, whatever the model (FinetuneFlags refuses
+    # such flags; this catches steps that unreadable images cut down to one pair)
+    min_pairs_per_step = 2
+
     def build_models(self, args, device) -> StageModels:
         model, preprocess_train, preprocess_val = create_clip(args, args.model, args.pretrained, device)
         if args.student_checkpoint:

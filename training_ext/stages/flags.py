@@ -239,6 +239,8 @@ class FinetuneFlags(StageFlags):
             self.error(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
         if args.short_caption_loss == "pcm" and args.short_caption_weight == 0:
             self.error("--short-caption-loss pcm needs a --short-caption-weight above 0 (Long-CLIP uses 1)")
+        if args.short_caption_loss == "pcm":
+            self._check_pcm_batch(args)
         processes = world_size_from_env()
         pairs = args.batch_size * args.accum_freq * processes
         if pairs < 2:
@@ -249,10 +251,31 @@ class FinetuneFlags(StageFlags):
                        f"{pairs}: the loss would be exactly 0 while weight decay still changed the weights. "
                        "Raise --batch-size or --accum-freq")
 
+    def _check_pcm_batch(self, args) -> None:
+        """Refuse a PCM loss that equals the CLIP loss on every step. The PCA runs on each process's image features
+        of the step (finetune_losses: --batch-size x --accum-freq of them, since the step computes the loss over
+        the accumulated batch; other processes' features are gathered only afterwards). B centred features have
+        rank at most B - 1, so with --pcm-components k >= B - 1 the rank-k reconstruction is the features
+        themselves, exactly."""
+        seen, components = args.batch_size * args.accum_freq, args.pcm_components
+        if seen <= components + 1:
+            self.error(f"--short-caption-loss pcm with --pcm-components {components}: the PCA sees --batch-size "
+                       f"{args.batch_size} x --accum-freq {args.accum_freq} = {seen} image features per step and "
+                       f"process; centred, they have rank at most {seen - 1} <= {components}, so the "
+                       f"{components}-component reconstruction is exact and the PCM loss equals the plain CLIP loss. "
+                       f"Give --batch-size x --accum-freq of at least {components + 2}"
+                       + (f", or --pcm-components of at most {seen - 2}" if seen >= 3 else ""))
+
     def check_run(self, args) -> None:
         from training_ext.engine import preflight
         config = preflight.require_model(args.model, "--model", self.error)
         text = (config or {}).get("text_cfg")
+        width = (config or {}).get("embed_dim")
+        if args.short_caption_loss == "pcm" and width and args.pcm_components >= width:
+            # the features live in `width` dimensions: k >= width components span every batch's features
+            self.error(f"--short-caption-loss pcm with --pcm-components {args.pcm_components}: --model {args.model} "
+                       f"has {width}-d image features, so {args.pcm_components} components reconstruct every batch "
+                       f"exactly and the PCM loss equals the plain CLIP loss; give --pcm-components below {width}")
         if text is not None:
             self._check_model(args, text, preflight)
         preflight.check_cope_impl(args, config, self.error)

@@ -10,6 +10,8 @@ The principal subspace is computed from detached features: values are Long-CLIP'
 through the projection linearly. Differentiating through the SVD itself is undefined where singular values
 repeat (Long-CLIP's code notes that its SVD "may encounter infs").
 """
+import logging
+
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
@@ -49,7 +51,11 @@ class SmoothedClipLoss(ClipLoss):
 
 
 class PrincipalComponentMatchingLoss(nn.Module):
-    """Short captions against the rank-k PCA reconstruction of the batch's image features (Long-CLIP)."""
+    """Short captions against the rank-k PCA reconstruction of the batch's image features (Long-CLIP).
+
+    B centred features have rank at most B - 1: for B <= k + 1 the reconstruction is exact and this loss is the
+    CLIP loss. Stage 2 refuses flags that make every step so (FinetuneFlags); steps that unreadable images cut
+    down to that size are counted in ``exact_steps``, the first one logged."""
 
     def __init__(self, clip_loss: ClipLoss, components: int = DEFAULT_PCM_COMPONENTS):
         super().__init__()
@@ -57,6 +63,14 @@ class PrincipalComponentMatchingLoss(nn.Module):
             raise ValueError(f"--pcm-components must be >= 1, got {components}")
         self.clip_loss = clip_loss
         self.components = components
+        self.exact_steps = 0
 
     def forward(self, image_features, short_text_features, logit_scale):
+        """(B, D) image and short-caption features, a scalar logit scale -> the scalar loss (float32)."""
+        if len(image_features) <= self.components + 1:
+            self.exact_steps += 1
+            if self.exact_steps == 1:
+                logging.warning(f"PCM short-caption loss over {len(image_features)} image features (unreadable images "
+                                f"left out): rank at most {len(image_features) - 1} <= {self.components} components, "
+                                f"so on such a step it equals the CLIP loss (logged once)")
         return self.clip_loss(pca_reconstruct(image_features, self.components), short_text_features, logit_scale)

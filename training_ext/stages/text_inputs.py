@@ -21,6 +21,11 @@ class PairedTokenizer:
     def __init__(self, student: Callable, teacher: Callable):
         self.student, self.teacher = student, teacher
 
+    @property
+    def parts(self) -> tuple:
+        """Both tokenizers: a caption must hold text for each (training_ext.data.skips.TextCheck.of)."""
+        return self.student, self.teacher
+
     def __call__(self, texts: Union[str, List[str]]) -> torch.Tensor:
         return torch.cat([self.student(texts), self.teacher(texts)], dim=1)
 

@@ -2,30 +2,42 @@
 
 - shards whose samples lack the members training reads stop the run at once, naming the shard and the members;
   a data source that skips every sample raises instead of looping; an epoch that yields nothing is an error;
+- a contrastive step that unreadable samples leave with fewer than two pairs takes no optimizer step (counted);
+- a caption that holds no text once tokenized is skipped and counted like an empty one, the cache alike;
 - a text file that is not UTF-8 is named with its line and byte (an error), or skipped and counted (a caption);
 - an image that cannot be decoded is skipped and counted, the first few named, in every source;
 - an empty or blank caption is skipped and counted, the first few named, in every source.
 """
+import csv
 import logging
 import os
+import re
 
 import open_clip
+import open_clip_train.params as open_clip_train_params
 import pytest
 import torch
+from open_clip.tokenizer import HFTokenizer
+from open_clip_train.scheduler import cosine_lr
 
+from support.data_prep_fixtures import load_script
 from support.shard_fixtures import jpeg_bytes, truncated_jpeg, write_shard
-from support.training_helpers import STUDENT, TEACHER, long_caption, write_csv, write_image
-from training_ext import main_context_finetune_rope, main_distill_rope
+from support.training_helpers import STUDENT, TEACHER, base_args, long_caption, write_csv, write_image
+from training_ext import main as train_main, main_context_finetune_rope, main_distill_rope
+from training_ext.common.captions import first_sentence, short_caption_for
 from training_ext.common.text_files import TextDecodeError, read_text
+from training_ext.data.folder import FolderDataset
 from training_ext.data.keyed_captions import csv_captions, folder_captions, webdataset_captions
 from training_ext.data.loaders import CsvImageTextDataset, CsvTextDataset, get_image_text_data, get_text_data
 from training_ext.data.shard_checks import EmptyDataError, ShardFormatError
-from training_ext.data.teacher_cache import TeacherCacheError, read_header
-from training_ext.engine.loop import usable_micro_batches
+from training_ext.data.skips import TextCheck
+from training_ext.data.teacher_cache import TeacherCache, TeacherCacheError, read_header
+from training_ext.engine.loop import step_pairs, usable_micro_batches
 from training_ext.eval.datasets import BenchmarkError, read_caption_csv, read_sharegpt4v_1k, read_urban1k
 from training_ext.prep.dci import read_annotation
 from training_ext.prep.sharegpt4v import load_json_list
 from training_ext.prep.sources import samples_from_coco, samples_from_csv, samples_from_folder
+from training_ext.stages.cached_targets import CsvCachedTargets, FolderCachedTargets
 from training_ext.common.folder_pairs import pair_folder
 
 TOKENIZE = open_clip.get_tokenizer(STUDENT)
@@ -124,6 +136,96 @@ def test_an_epoch_with_no_readable_sample_is_an_error(tmp_path):
     with pytest.raises(EmptyDataError, match=r"epoch 0 trained no step.*image cannot be decoded: 4"):
         main_context_finetune_rope.run(main_context_finetune_rope.parse_args(argv))
     assert not os.path.exists(tmp_path / "logs" / "empty" / "checkpoints" / "epoch_1.pt")
+
+
+# ------------------------------------------------------------------------- steps with fewer than two pairs
+
+def _epoch_order(rows: int, seed: int = 0, epoch: int = 0) -> list:
+    """The test's own reading of an epoch's sample order: DistributedSampler's permutation seeded seed + epoch."""
+    generator = torch.Generator()
+    generator.manual_seed(seed + epoch)
+    return torch.randperm(rows, generator=generator).tolist()
+
+
+def _stage2_with_unreadable(tmp_path, name, unreadable):
+    """Stage 2 on an 8-row CSV at batch 2 (4 steps) whose rows ``unreadable`` hold truncated images."""
+    train = write_csv(str(tmp_path / name), rows=8)
+    for row in unreadable:
+        (tmp_path / name / "images" / f"{row}.png").write_bytes(truncated_jpeg(row))
+    argv = base_args(str(tmp_path / "logs"), name, train, batch_size=2, extra=["--model", STUDENT])
+    return main_context_finetune_rope.run(main_context_finetune_rope.parse_args(argv))
+
+
+def test_a_contrastive_step_left_with_one_pair_takes_no_optimizer_step(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    state = _stage2_with_unreadable(tmp_path, "one-pair", _epoch_order(8)[:1])  # the first step keeps 1 pair of 2
+    # the optimizer's own count: 3 updates for 4 steps
+    assert {int(s["step"]) for s in state.optimizer.state.values()} == {3}
+    assert state.step == 3 and state.skipped_steps == 1
+    assert state.samples_seen == 8  # the skipped step's samples count as trained: a resume continues after them
+    # the lr schedule moved on past the skipped step: the last step ran at the cosine schedule's step 3 of 4
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    cosine_lr(probe, 1e-3, 1, 4)(3)
+    assert state.optimizer.param_groups[0]["lr"] == probe.param_groups[0]["lr"]
+    assert "step at sample 0 of the epoch skipped, no optimizer step: only 1 of its 2 samples" in caplog.text
+    log = (tmp_path / "logs" / "one-pair" / "out.log").read_text()
+    losses = [float(value) for value in re.findall(r"Long_loss: ([0-9.]+)", log)]
+    assert len(losses) == 3 and min(losses) > 0.1 and "Skipped steps: 1" in log
+    saved = torch.load(state.last_checkpoint, map_location="cpu", weights_only=True)
+    assert saved["step"] == 3 and saved["data_position"]["samples_seen"] == 8
+
+    # 7 of 8 images unreadable: no step has two pairs, so nothing trains and the run says so
+    with pytest.raises(EmptyDataError, match=r"epoch 0 trained no step: no step had 2 readable samples.*"
+                                             r"image cannot be decoded: 7"):
+        _stage2_with_unreadable(tmp_path, "seven-of-eight", range(1, 8))
+
+
+def test_the_pairs_of_a_step_are_counted_across_processes(monkeypatch):
+    class Args:
+        distributed, device, world_size = True, "cpu", 2
+
+    peer = torch.tensor([1])
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, op: tensor.copy_(torch.minimum(tensor, peer)))
+    one_readable = (torch.zeros(1, 4), torch.zeros(1, 7))  # this process lost one sample of its batch of 2
+    usable, _ = usable_micro_batches([one_readable], Args)
+    assert step_pairs(usable, Args) == 2  # one pair here and one on the peer: the gathered loss sees two
+    peer.fill_(0)  # the peer lost both of its samples: every process is cut to none
+    usable, _ = usable_micro_batches([one_readable], Args)
+    assert step_pairs(usable, Args) == 0
+    Args.distributed = False
+    assert step_pairs(usable_micro_batches([one_readable, one_readable], Args)[0], Args) == 2
+
+
+def test_distillation_trains_on_single_pairs(tmp_path):
+    """Stage 1's losses (cosine, mse, l2) are per-caption means: a step of one caption is a valid step."""
+    train = write_csv(str(tmp_path / "train"), rows=4, images=False)
+    argv = ["--model", STUDENT, "--teacher-model", TEACHER] + base_args(str(tmp_path / "logs"), "s1", train,
+                                                                         batch_size=1)
+    state = main_distill_rope.run(main_distill_rope.parse_args(argv))
+    assert state.step == 4 and state.skipped_steps == 0
+    assert {int(s["step"]) for s in state.optimizer.state.values()} == {4}
+
+
+def test_open_clip_trains_main_refuses_a_contrastive_loss_over_one_pair(tmp_path, capsys, caplog):
+    train = write_csv(str(tmp_path / "train"), rows=4)
+    argv = ["--model", TEACHER, "--train-data", train, "--dataset-type", "csv", "--csv-img-key", "filepath",
+            "--csv-caption-key", "title", "--batch-size", "1", "--logs", str(tmp_path / "logs"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as stop:
+        train_main.main(argv)
+    assert stop.value.code == 2 and not (tmp_path / "logs").exists()  # before open_clip_train set anything up
+    error = capsys.readouterr().err
+    assert ("--batch-size 1 x --accum-freq 1 x 1 process(es) gives 1 image-caption pair per step: the CLIP loss over "
+            "one pair is a 1x1 logit matrix, a loss of exactly 0") in error and "Traceback" not in error
+    args = open_clip_train_params.parse_args(argv)
+    refusals = []
+    train_main.check_contrastive_pairs(args, 2, refusals.append)  # two processes: two pairs per step
+    args.siglip = True
+    train_main.check_contrastive_pairs(args, 1, refusals.append)
+    assert len(refusals) == 1 and "no negative pair" in refusals[0]
+    caplog.set_level(logging.WARNING)
+    args.model, args.siglip = "coca_ViT-B-32", False  # the caption loss still trains: a warning, no refusal
+    train_main.check_contrastive_pairs(args, 1, refusals.append)
+    assert len(refusals) == 1 and "CoCa's contrastive term over one pair is exactly 0" in caplog.text
 
 
 # ----------------------------------------------------------------------------------- case 5: not UTF-8
@@ -281,6 +383,131 @@ def test_corrupt_images_are_skipped_and_counted_in_every_source(tmp_path, caplog
             assert sorted(len(batch[0]) for batch in batches) == [1, 2, 2, 2], kind
     assert f"{csv_path} line 5, data row 3: {bad}: image cannot be decoded" in caplog.text
     assert "wds-0.tar sample 0003 .jpg: image cannot be decoded" in caplog.text
+
+
+# ----------------------------------------------------------------- captions that hold no text once tokenized
+
+# Each of these is cleaned to something non-empty, yet the tiny configs' tokenizer writes nothing of its own before
+# the first end id: a tower pooling there reads the empty caption. (A leading BOM of a file or member is dropped
+# when the text is decoded, so the BOM caption holds two.)
+TEXTLESS = ["\ufeff\ufeff", "<end_of_text>", "<start_of_text>", "\x00\x7f\x00", "&nbsp; &nbsp;",
+            "<END_OF_TEXT> A dog runs on the grass."]
+TEXTLESS_ROWS = (1, 3, 4, 6, 8, 10)
+
+
+def _nothing_between_start_and_end(caption) -> bool:
+    """The test's own reading of the ids in CLIP's layout: nothing but start ids before the first end id."""
+    ids = TOKENIZE([caption])[0].tolist()
+    return set(ids[:ids.index(TOKENIZE.eot_token_id)]) == {TOKENIZE.sot_token_id}
+
+
+def _textless_sources(tmp_path):
+    """(captions, CSV path, shard pattern, folder root): 12 samples, TEXTLESS at TEXTLESS_ROWS, in each source."""
+    captions = [long_caption(i) for i in range(12)]
+    for row, caption in zip(TEXTLESS_ROWS, TEXTLESS):
+        captions[row] = caption
+    csv_path = str(tmp_path / "data.csv")
+    with open(csv_path, "w", newline="") as stream:
+        writer = csv.writer(stream, delimiter="\t")
+        writer.writerow(["filepath", "title"])
+        for i, caption in enumerate(captions):
+            write_image(str(tmp_path / f"{i}.png"), i)
+            writer.writerow([str(tmp_path / f"{i}.png"), caption])
+    samples = [(f"{i:04d}", {"jpg": jpeg_bytes(i), "txt": captions[i].encode()}) for i in range(12)]
+    write_shard(tmp_path / "wds-0.tar", samples[:6])
+    write_shard(tmp_path / "wds-1.tar", samples[6:])
+    root = tmp_path / "folder"
+    root.mkdir()
+    for i, caption in enumerate(captions):
+        write_image(str(root / f"{i}.png"), i)
+        (root / f"{i}.txt").write_text(caption)
+    return captions, csv_path, str(tmp_path / "wds-{0..1}.tar"), str(root)
+
+
+def test_captions_without_text_are_skipped_and_counted_in_every_source(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    captions, csv_path, shards, root = _textless_sources(tmp_path)
+    assert all(_nothing_between_start_and_end(caption) for caption in TEXTLESS)
+    assert all(caption.split() for caption in TEXTLESS)  # not blank: the white-space rule alone keeps them
+    kept = [i for i in range(12) if not _nothing_between_start_and_end(captions[i])]
+    assert kept == [i for i in range(12) if i not in TEXTLESS_ROWS]
+    want = {_ids(captions[i]) for i in kept}
+    for stage in ("distill", "finetune"):
+        for kind, path, extra in (("csv", csv_path, ()), ("webdataset", shards, ["--train-num-samples", "6"]),
+                                  ("folder", root, ["--folder-caption-line", "first"])):
+            caplog.clear()
+            data = _data(stage, _args(stage, path, kind, extra))
+            assert _seen_captions(data) == want, (stage, kind)
+            if kind == "folder":  # reported by the folder reader, like an empty caption file
+                assert "6 caption files no line of which holds text once tokenized, their images skipped" \
+                    in caplog.text, stage
+            else:  # counted as empty captions, the first few named with the ids the tokenizer wrote
+                assert data.skipped.counts() == {"empty caption": 6}, (stage, kind, data.skipped.counts())
+                named = "line 3, data row 1 column 'title'" if kind == "csv" else r"wds-\d\.tar sample 00\d\d"
+                assert re.search(named + r": empty caption \(no text once tokenized: ids \[49406, 49407",
+                                 caplog.text), (stage, kind)
+
+
+def test_the_teacher_cache_precompute_skips_captions_without_text_as_training_does(tmp_path):
+    precompute = load_script("precompute_teacher_embeddings")
+    teacher = str(tmp_path / "teacher.pt")
+    torch.save(open_clip.create_model(TEACHER).state_dict(), teacher)
+    _, csv_path, shards, root = _textless_sources(tmp_path)
+    kept = [i for i in range(12) if i not in TEXTLESS_ROWS]
+    expected = {"csv": [f"row{i}" for i in kept], "webdataset": [f"{i:04d}" for i in kept],
+                "folder": [f"{i}#0" for i in sorted(kept, key=str)]}  # the folder is paired in file-name order
+    for kind, path in (("csv", csv_path), ("webdataset", shards), ("folder", root)):
+        cache = str(tmp_path / f"cache-{kind}")
+        precompute.main(["--teacher-model", TEACHER, "--teacher-pretrained", teacher, "--data", path,
+                         "--dataset-type", kind, "--output", cache, "--no-progress"])
+        keys = [line.split("\t")[0] for line in open(f"{cache}/index.tsv").read().splitlines()]
+        assert keys == expected[kind], kind
+    # stage 1 from the cache finds every sample it reads (none it skips is looked up)
+    dataset = CsvTextDataset(csv_path, "title", open_clip.get_tokenizer(STUDENT))
+    assert list(dataset.row_numbers) == kept
+    CsvCachedTargets(dataset, TeacherCache(str(tmp_path / "cache-csv")))
+    FolderCachedTargets(FolderDataset(root, open_clip.get_tokenizer(STUDENT)),
+                        TeacherCache(str(tmp_path / "cache-folder")))
+
+
+def test_a_folder_line_without_text_is_never_read_and_the_others_keep_their_numbers(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    root = tmp_path / "folder"
+    root.mkdir()
+    write_image(str(root / "mixed.png"), 0)
+    (root / "mixed.txt").write_text("<end_of_text>\nA dog runs on the grass. It is brown.\n&nbsp;\nA brown dog.\n")
+    dataset = FolderDataset(str(root), TOKENIZE, PREPROCESS, caption_line="random", short_line=0)
+    assert dataset.items[0].lines == [1, 3]
+    for epoch in range(6):
+        dataset.shared_epoch.set_value(epoch)
+        line = dataset.line_of(0)
+        assert line in (1, 3) and dataset.key(0) == f"mixed#{line}"
+        # short line 0 holds no text: the first sentence of the line read instead
+        assert dataset.short_caption(0) == first_sentence(dataset.items[0].captions[line])
+    assert "2 caption lines (file#n: its n-th non-empty line, from 0) that hold no text once tokenized" in caplog.text
+    assert [r.key for r in folder_captions(str(root), text_check=TextCheck.of(TOKENIZE))] == ["mixed#1", "mixed#3"]
+
+
+def test_a_short_caption_without_text_gives_way_to_the_long_captions_first_sentence(tmp_path):
+    path = tmp_path / "data.csv"
+    write_image(str(tmp_path / "0.png"), 0)
+    path.write_text(f"filepath\ttitle\tshort\n{tmp_path / '0.png'}\t{long_caption(0)}\t<end_of_text>\n")
+    dataset = CsvImageTextDataset(str(path), "filepath", "title", TOKENIZE, PREPROCESS, short_caption_key="short")
+    assert torch.equal(dataset[0][2], TOKENIZE([first_sentence(long_caption(0))])[0])
+    # a first sentence without text gives way to the whole long caption
+    long = "<end_of_text>. A dog runs on the grass."
+    assert short_caption_for(long, None, TextCheck.of(TOKENIZE).holds_text) == long
+
+
+def test_no_vocabulary_is_assumed_a_metaclip2_tokenizer_finds_no_text_in_its_own_end_token(tmp_path):
+    from support.non_clip_tokenizers import save_tokenizer  # imports transformers: only this test needs it
+    folder = save_tokenizer(str(tmp_path / "xlmv"), "xlmv", ["a dog runs on the grass"])
+    tokenizer = HFTokenizer(folder, context_length=77)
+    ids = {caption: tokenizer.tokenizer(caption)["input_ids"] for caption in ("</s>", "<end_of_text>", "a dog")}
+    assert ids["</s>"] == [0, 2, 2]  # <s> </s> </s>: nothing between the start and the first end
+    assert 2 not in ids["<end_of_text>"][1:-1]  # CLIP's end token is no special token here
+    check = TextCheck.of(tokenizer)
+    assert [check.holds_text(c) for c in ("</s>", "<end_of_text>", "a dog")] == [False, True, True]
 
 
 def test_processes_train_micro_batches_of_equal_length(monkeypatch):

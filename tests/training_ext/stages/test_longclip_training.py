@@ -11,7 +11,8 @@ from training_ext.stages.finetune import ClipFeatures, clip_loss_for, make_finet
 from support.training_helpers import base_args, long_caption, save_stock_teacher, write_csv
 
 LONGCLIP = "tiny-clip-longclip-248"
-FLAGS = ["--short-caption-loss", "pcm", "--pcm-components", "3", "--short-caption-weight", "1",
+# 2 components: the runs below give the PCA at least 4 image features, so it leaves out at least one component
+FLAGS = ["--short-caption-loss", "pcm", "--pcm-components", "2", "--short-caption-weight", "1",
          "--label-smoothing", "0.1"]
 
 
@@ -57,11 +58,38 @@ def test_pcm_step_losses_match_a_naive_computation(accum):
         scale = model.logit_scale.exp().item()
     losses = step(batches)
     expected_long = naive_smoothed_clip_loss(image, long, scale, 0.1)
-    expected_short = naive_smoothed_clip_loss(naive_pca_reconstruct(image, 3), short, scale, 0.1)
+    expected_short = naive_smoothed_clip_loss(naive_pca_reconstruct(image, 2), short, scale, 0.1)
     assert losses["long_loss"] == pytest.approx(expected_long, rel=1e-4)
     assert losses["short_loss"] == pytest.approx(expected_short, rel=1e-4)
     assert losses["loss"] == pytest.approx(expected_long + expected_short, rel=1e-4)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("batch, accum, refused", [(4, 1, True), (2, 2, True), (1, 4, True), (5, 1, False),
+                                                   (1, 5, False), (3, 2, False)])
+def test_pcm_is_refused_before_any_model_when_the_pca_batch_makes_it_the_clip_loss(batch, accum, refused, capsys,
+                                                                                    monkeypatch):
+    # the PCA sees --batch-size x --accum-freq features per process: at most components + 1 = 4 is refused
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    argv = ["--model", LONGCLIP, "--short-caption-loss", "pcm", "--pcm-components", "3", "--short-caption-weight",
+            "1", "--batch-size", str(batch), "--accum-freq", str(accum)]
+    if not refused:
+        main_context_finetune_rope.parse_args(argv)
+        return
+    with pytest.raises(SystemExit):
+        main_context_finetune_rope.parse_args(argv)
+    seen = batch * accum
+    assert (f"--pcm-components 3: the PCA sees --batch-size {batch} x --accum-freq {accum} = {seen} image features "
+            f"per step and process; centred, they have rank at most {seen - 1} <= 3, so the 3-component "
+            f"reconstruction is exact and the PCM loss equals the plain CLIP loss. Give --batch-size x --accum-freq "
+            f"of at least 5") in capsys.readouterr().err
+
+
+def test_pcm_with_as_many_components_as_feature_dimensions_is_refused(capsys):
+    with pytest.raises(SystemExit):  # tiny-clip's features are 64-d: 64 components span every batch
+        main_context_finetune_rope.parse_args(["--model", LONGCLIP, "--short-caption-loss", "pcm", "--pcm-components",
+                                               "64", "--short-caption-weight", "1", "--batch-size", "128"])
+    assert "has 64-d image features, so 64 components reconstruct every batch exactly" in capsys.readouterr().err
 
 
 def test_pcm_flag_errors():

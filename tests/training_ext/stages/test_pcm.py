@@ -41,3 +41,28 @@ def test_pcm_loss_is_clip_loss_against_reconstructed_images():
     reconstructed = naive_pca_reconstruct(image.double().numpy(), 3)
     expected = naive_smoothed_clip_loss(reconstructed, short.double().numpy(), 10.0, 0.1)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("batch", [33, 20, 2])
+def test_pcm_loss_is_the_clip_loss_when_the_batch_is_at_most_components_plus_one(batch):
+    # B centred features have rank at most B - 1 <= 32: the 32-component reconstruction is the features themselves
+    torch.manual_seed(batch)
+    image = F.normalize(torch.randn(batch, 64), dim=-1)
+    short = F.normalize(torch.randn(batch, 64), dim=-1)
+    pcm = PrincipalComponentMatchingLoss(SmoothedClipLoss(0.1), components=32)
+    got = pcm(image, short, torch.tensor(10.0)).item()
+    plain = naive_smoothed_clip_loss(image.double().numpy(), short.double().numpy(), 10.0, 0.1)  # no PCA at all
+    assert got == pytest.approx(plain, rel=1e-5)
+    assert pcm.exact_steps == 1
+
+
+def test_pcm_loss_differs_from_the_clip_loss_above_components_plus_one():
+    torch.manual_seed(0)
+    image = F.normalize(torch.randn(34, 64), dim=-1)
+    short = F.normalize(torch.randn(34, 64), dim=-1)
+    pcm = PrincipalComponentMatchingLoss(SmoothedClipLoss(0.1), components=32)
+    got = pcm(image, short, torch.tensor(10.0)).item()
+    image, short = image.double().numpy(), short.double().numpy()
+    assert got != pytest.approx(naive_smoothed_clip_loss(image, short, 10.0, 0.1), rel=1e-4)
+    expected = naive_smoothed_clip_loss(naive_pca_reconstruct(image, 32), short, 10.0, 0.1)
+    assert got == pytest.approx(expected, rel=1e-5) and pcm.exact_steps == 0
