@@ -184,19 +184,20 @@ def _check_quoted_fields(path: str, separator: str) -> bool:
 
 def line_starts(path: str, chunk: int = 1 << 26):
     """(lines + 1,) int64: the byte offset where each line of ``path`` starts, then the file's size (so line i is
-    ``[starts[i], starts[i + 1])``); a final line feed starts no line. Found in chunks with numpy."""
+    ``[starts[i], starts[i + 1])``); a final line feed starts no line. Found with numpy over a memory map of the
+    file, a chunk at a time (no copy of the file)."""
     import numpy as np
-    parts, offset = [np.zeros(1, dtype=np.int64)], 0
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(chunk)
-            if not block:
-                break
-            parts.append(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10).astype(np.int64) + offset + 1)
-            offset += len(block)
+    size = os.path.getsize(path)
+    parts = [np.zeros(1, dtype=np.int64)]
+    if size:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            view = np.frombuffer(data, dtype=np.uint8)
+            for offset in range(0, size, chunk):
+                parts.append(np.flatnonzero(view[offset:offset + chunk] == 10).astype(np.int64) + offset + 1)
+            del view  # the memory map closes only when no array points into it
     starts = np.concatenate(parts)
-    if starts[-1] != offset:
-        starts = np.append(starts, offset)  # the last line has no line feed: its end is the file's end
+    if starts[-1] != size:
+        starts = np.append(starts, size)  # the last line has no line feed: its end is the file's end
     return starts
 
 

@@ -381,3 +381,15 @@ def test_image_existence_check_resolves_names_as_training_reads_them(tmp_path, m
     expected = [os.path.isfile(resolve_image_path(names[r], base)) for r in rows]  # the naive, per-path rule
     assert existing_files(column, rows, base, chunk=3).tolist() == expected == [False, True, True, True, True,
                                                                                 False, True]
+
+
+@pytest.mark.parametrize("data", [b"", b"a\n", b"a\nbc", b"a\r\n\r\nbc\n", b"\n\n"])
+def test_line_starts_match_a_naive_split(tmp_path, data):
+    from training_ext.common.csv_table import line_starts
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    starts, offset = [0], 0
+    for line in data.splitlines(keepends=True):  # only \n and \r\n line ends occur here
+        offset += len(line)
+        starts.append(offset)
+    assert line_starts(str(path), chunk=2).tolist() == (starts if starts[-1] == len(data) else starts + [len(data)])
