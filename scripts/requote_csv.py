@@ -16,6 +16,7 @@ Example:
 """
 import argparse
 import csv
+import re
 import shutil
 import sys
 
@@ -23,8 +24,16 @@ from training_ext.common.file_io import write_tsv
 from training_ext.common.text_files import text_stream
 
 
+# a whole field as a CSV writer quotes one holding a quote: opening quote, doubled inner quotes, closing quote
+_WRITER_QUOTED = re.compile(r'"(?:[^"]|"")*""(?:[^"]|"")*"')
+
+
 def verbatim_rows(path: str, separator: str):
-    """The rows of a file written without quoting: the csv module with quoting off reads every byte as written."""
+    """The rows of a file written without quoting: the csv module with quoting off reads every byte as written.
+
+    Raises ValueError for a line with another field count than the header, and for a field quoted the way a CSV
+    writer quotes a field holding a quote (``"a ""b"" c"``): such a file was written with quoting, at least in part,
+    and rewriting it would put the quoting into the text."""
     with text_stream(path) as stream:
         reader = csv.reader(stream, delimiter=separator, quoting=csv.QUOTE_NONE, strict=True)
         header = None
@@ -36,6 +45,11 @@ def verbatim_rows(path: str, separator: str):
             elif len(fields) != len(header):
                 raise ValueError(f"{path} line {reader.line_num}: {len(fields)} fields, expected {len(header)} "
                                  f"like the header: not a file written one row per line")
+            quoted = next((field for field in fields if _WRITER_QUOTED.fullmatch(field)), None)
+            if quoted is not None:
+                raise ValueError(f"{path} line {reader.line_num}: {quoted[:60]!r} is quoted as a CSV writer quotes "
+                                 f"(doubled inner quotes): this file was written with quoting, at least in part, so "
+                                 f"it is not rewritten; correct the lines the reader names by hand instead")
             yield fields
 
 

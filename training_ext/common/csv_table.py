@@ -115,8 +115,9 @@ def _separator_hint(header: List[str], separator: str) -> str:
 
 _QUOTE_RULE = ("a field that starts with a double quote must be a whole quoted field (the closing quote is followed by "
                "the separator or the line end, inner quotes are doubled), as Python's csv module and pandas write "
-               "it; a file written without quoting (as this project's write_tsv did from commit 1fecb9f until the "
-               f"standard-CSV reader) can be rewritten in standard form with `{REQUOTE_COMMAND} FILE`")
+               "it. Quote the field, or, if the whole file was written without quoting (every field as is, as "
+               "this project's own CSV writer did in earlier releases), rewrite it in standard form with "
+               f"`{REQUOTE_COMMAND} FILE`")
 
 
 def _records(path: str, separator: str):

@@ -393,3 +393,17 @@ def test_line_starts_match_a_naive_split(tmp_path, data):
         offset += len(line)
         starts.append(offset)
     assert line_starts(str(path), chunk=2).tolist() == (starts if starts[-1] == len(data) else starts + [len(data)])
+
+
+def test_requote_refuses_a_file_a_csv_writer_quoted_instead_of_corrupting_it(tmp_path):
+    path = str(tmp_path / "mixed.csv")
+    _write_csv_module(path, [("filepath", "title"), ("a.png", 'The sign reads "STOP".')])
+    with open(path, "a", encoding="utf-8", newline="") as stream:
+        stream.write('b.png\t"Stop" he said.\n')  # one hand-written verbatim row: the reader refuses the file
+    with pytest.raises(CsvFormatError, match="requote_csv.py"):
+        read_csv_table(path, {"--csv-caption-key": "title"})
+    before = open(path, "rb").read()
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "requote_csv.py"), path],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and "line 2" in done.stderr and "written with quoting" in done.stderr
+    assert open(path, "rb").read() == before and not os.path.exists(path + ".verbatim")  # nothing touched
