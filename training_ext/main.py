@@ -12,6 +12,7 @@ matches before open_clip_train sets anything up, and so is a contrastive loss ov
 (``check_contrastive_pairs``; open_clip_train's loop cannot skip such a step).
 """
 import logging
+import os
 import sys
 
 from open_clip_train.params import parse_args
@@ -33,6 +34,7 @@ def main(argv=None):
     from training_ext.engine import params, preflight  # imports open_clip and registers open_clip_ext's configs
     preflight.require_model(args.model, "--model", lambda message: params.fail(PROG, message))
     check_contrastive_pairs(args, params.world_size_from_env(), lambda message: params.fail(PROG, message))
+    check_csvs(args, lambda message: params.fail(PROG, message))
     from training_ext.engine.open_clip_train_patches import use_project_csv_reader
     use_project_csv_reader(csv_image_root)  # CSVs read by the project's reader and rules, as the stages read them
     from open_clip_train.main import main as open_clip_train_main
@@ -67,6 +69,20 @@ def check_contrastive_pairs(args, processes: int, error) -> None:
                f"change the weights by weight decay alone")
     error(f"{layout}: {why}. open_clip_train's loop cannot skip such a step; raise --batch-size or --accum-freq "
           f"to at least 2 pairs")
+
+
+def check_csvs(args, error) -> None:
+    """Read and check the CSVs open_clip_train will read, as its (patched) CsvDataset reads them, before it builds
+    any model; the tables are kept for the dataset, so no file is parsed twice. A malformed record, a missing column
+    or a file that is not UTF-8 is ``error(message)`` (which exits)."""
+    from training_ext.data.csv_datasets import image_table
+    for path in (args.train_data, args.val_data):
+        is_csv = args.dataset_type == "csv" or (args.dataset_type == "auto" and str(path).endswith((".csv", ".tsv")))
+        if path and is_csv and os.path.isfile(path):
+            try:
+                image_table(path, args.csv_img_key, args.csv_caption_key, None, args.csv_separator, keep=True)
+            except (ValueError, KeyError) as problem:  # CsvFormatError, CsvColumnError, TextDecodeError
+                error(str(problem))
 
 
 def _take_csv_image_root(argv):

@@ -258,15 +258,28 @@ def _check_multiline(path: str, separator: str, header: List[str], arrow_columns
     return len(rows)
 
 
+# tables read ahead by a check made before any model is built, each handed to the one next read with the same
+# arguments of the unchanged file (so the check costs no second parse of a 1.2M-row CSV)
+_READ_AHEAD: Dict[tuple, "CsvTable"] = {}
+
+
+def _read_key(path: str, wanted: Mapping[str, str], separator: str, image_key: Optional[str], arrow: bool) -> tuple:
+    stat = os.stat(path)
+    return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, tuple(sorted(wanted.items())), separator,
+            image_key, arrow)
+
+
 def read_csv_table(path: str, columns_by_flag: Mapping[str, Optional[str]],
                    separator: str = DEFAULT_SEPARATOR, image_key: Optional[str] = None,
-                   arrow: bool = False) -> CsvTable:
+                   arrow: bool = False, keep: bool = False) -> CsvTable:
     """Read ``path`` by the rules above, keeping the columns named in ``columns_by_flag`` ({flag that names the
     column, e.g. ``--csv-caption-key``: column name}; a None column is not wanted).
 
     ``image_key`` names the image column for the multi-line check when the caller does not read it (stage 1 reads
     only captions); a name that is not in the header falls back to the field-count rule. A ``--csv-img-key`` entry
-    of ``columns_by_flag`` is used when ``image_key`` is not given. With ``arrow``, each column is one
+    of ``columns_by_flag`` is used when ``image_key`` is not given. With ``keep``, the table is also kept for the
+    next call with the same arguments on the unchanged file, which returns it instead of reading again (a check
+    before any model is built, then the dataset). With ``arrow``, each column is one
     ``pyarrow.ChunkedArray`` of large strings (flat buffers, no Python object per row: what the training datasets
     keep), else a list of ``str``.
 
@@ -275,14 +288,24 @@ def read_csv_table(path: str, columns_by_flag: Mapping[str, Optional[str]],
     CsvFormatError (no header, a repeated column name, a record whose field count differs from the header's, a field
     that opens a quote it does not close where it ends, or a multi-line field that swallowed rows).
     """
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
-
     if len(separator) != 1 or separator in '"\r\n':
         raise ValueError(f"--csv-separator must be one character other than a quote or line break, got {separator!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CSV file not found: {path}")
     wanted = {flag: column for flag, column in columns_by_flag.items() if column is not None}
+    key = _read_key(path, wanted, separator, image_key or wanted.get("--csv-img-key"), arrow)
+    if key in _READ_AHEAD:
+        return _READ_AHEAD[key] if keep else _READ_AHEAD.pop(key)
+    table = _read(path, wanted, separator, image_key, arrow)
+    if keep:
+        _READ_AHEAD[key] = table
+    return table
+
+
+def _read(path: str, wanted: Mapping[str, str], separator: str, image_key: Optional[str], arrow: bool) -> CsvTable:
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
     header_line, header = _read_header(path, separator)
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:

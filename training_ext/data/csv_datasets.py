@@ -134,6 +134,20 @@ def captioned_rows(table: CsvTable, key: str, skips: SkipLog, text_check: Option
     return rows
 
 
+def text_table(path: str, caption_key: str, separator: str, image_key: Optional[str], keep: bool = False) -> CsvTable:
+    """The table CsvTextDataset reads (``keep``: read it ahead, for a check before any model is built)."""
+    # the image column is not read, but it tells a caption with a line break from rows an unclosed quote swallowed
+    return read_csv_table(path, {"--csv-caption-key": caption_key}, separator, image_key=image_key, arrow=True,
+                          keep=keep)
+
+
+def image_table(path: str, image_key: str, caption_key: str, short_caption_key: Optional[str], separator: str,
+                keep: bool = False) -> CsvTable:
+    """The table CsvImageTextDataset reads (``keep``: read it ahead, as ``text_table``)."""
+    return read_csv_table(path, {"--csv-img-key": image_key, "--csv-caption-key": caption_key,
+                                 "--csv-short-caption-key": short_caption_key}, separator, arrow=True, keep=keep)
+
+
 class CsvTextDataset(Dataset):
     """Long captions of a CSV only: the image column is never read, so stage 1 opens no image file.
 
@@ -147,8 +161,7 @@ class CsvTextDataset(Dataset):
                  skips: Optional[SkipLog] = None, image_key: Optional[str] = "filepath",
                  text_check: Optional[TextCheck] = None):
         self.skips = skips or SkipLog()
-        # the image column is not read, but it tells a caption with a line break from rows an unclosed quote swallowed
-        table = read_csv_table(path, {"--csv-caption-key": caption_key}, sep, image_key=image_key, arrow=True)
+        table = text_table(path, caption_key, sep, image_key)
         self.row_numbers = captioned_rows(table, caption_key, self.skips, text_check or TextCheck.of(tokenizer))
         self.captions = _column(table, caption_key, self.row_numbers, clean_caption)
         del table
@@ -201,8 +214,7 @@ class CsvImageTextDataset(Dataset):
         self.path = path
         self.skips = skips or SkipLog()
         self.text_check = text_check or TextCheck.of(tokenizer)
-        table = read_csv_table(path, {"--csv-img-key": image_key, "--csv-caption-key": caption_key,
-                                      "--csv-short-caption-key": short_caption_key}, sep, arrow=True)
+        table = image_table(path, image_key, caption_key, short_caption_key, sep)
         self.where = _locator(table)
         base = image_base(path, image_root)
         rows = captioned_rows(table, caption_key, self.skips, self.text_check)

@@ -6,6 +6,7 @@ ranks of the node wait at a barrier of the whole job and read it. Each call's fi
 global rank 0 and broadcast to every rank, so a file of another run or call is never read. Without an initialised
 torch.distributed process group (one process), the array is computed directly.
 """
+import contextlib
 import os
 import tempfile
 import uuid
@@ -38,9 +39,12 @@ def once_per_node(compute: Callable[[], np.ndarray], what: str) -> np.ndarray:
     try:
         if local_rank == 0:
             result = compute()
-            with open(path + ".tmp", "wb") as handle:
+            # a temporary name of this rank's own: where nodes share the folder, each node's rank 0 writes (the
+            # same check of the same files) and the atomic replace leaves one whole file
+            partial = f"{path}.{dist.get_rank()}.tmp"
+            with open(partial, "wb") as handle:
                 np.save(handle, result, allow_pickle=False)
-            os.replace(path + ".tmp", path)
+            os.replace(partial, path)
         dist.barrier()
         if local_rank != 0:
             if not os.path.exists(path):
@@ -49,6 +53,7 @@ def once_per_node(compute: Callable[[], np.ndarray], what: str) -> np.ndarray:
             result = np.load(path, allow_pickle=False)
         dist.barrier()  # every rank of the node has read it
     finally:
-        if local_rank == 0 and os.path.exists(path):
-            os.remove(path)
+        if local_rank == 0:
+            with contextlib.suppress(FileNotFoundError):  # another node's rank 0 may have removed it first
+                os.remove(path)
     return result

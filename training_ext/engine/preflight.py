@@ -222,9 +222,33 @@ def check_cope_impl(args, config: Optional[dict], error: Error) -> None:
         error(f"{source}: {problem}")
 
 
-def check_common(args, error: Error) -> None:
-    """The checks both stages make after their own: resume file, data paths, run folder, loggers."""
+def check_csv_data(args, error: Error, text_only_train: bool) -> None:
+    """Read and check the CSVs the run trains and validates on, as the datasets will read them (kept for them, so
+    no file is parsed twice): a malformed record, a missing column or a file that is not UTF-8 stops the run here,
+    before any model is built. ``text_only_train``: the training set is read for its captions only (stage 1)."""
+    from training_ext.common.csv_table import CsvFormatError
+    from training_ext.common.text_files import TextDecodeError
+    from training_ext.data.csv_datasets import image_table, text_table
+    from training_ext.data.loaders import dataset_type
+    for flag, path in (("--train-data", args.train_data), ("--val-data", getattr(args, "val_data", None))):
+        if not path or dataset_type(args, path) != "csv" or not os.path.isfile(path):
+            continue
+        try:
+            if flag == "--train-data" and text_only_train:
+                text_table(path, args.csv_caption_key, args.csv_separator, args.csv_img_key, keep=True)
+            else:
+                image_table(path, args.csv_img_key, args.csv_caption_key,
+                            args.csv_short_caption_key if flag == "--train-data" else None, args.csv_separator,
+                            keep=True)
+        except (CsvFormatError, TextDecodeError, ValueError, KeyError) as problem:
+            error(f"{flag} {path}: {problem}" if path not in str(problem) else str(problem))
+
+
+def check_common(args, error: Error, text_only_train: bool = False) -> None:
+    """The checks both stages make after their own: resume file, data paths and CSV contents, run folder,
+    loggers. ``text_only_train``: stage 1, which reads only the training set's captions."""
     check_resume(args, error)
     check_data_paths(args, error)
+    check_csv_data(args, error, text_only_train)
     check_run_folder(args, error)
     check_loggers(args, error)

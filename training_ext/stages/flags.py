@@ -139,7 +139,7 @@ class DistillFlags(StageFlags):
                 f"vision tower" if args.teacher_model else
                 "student: no --pretrained and no --teacher-model to start from: random initial weights")
         args.pretrained = args.pretrained or ""
-        preflight.check_common(args, self.error)
+        preflight.check_common(args, self.error, text_only_train=True)
 
     def _check_student(self, args, student: dict, teacher, preflight) -> None:
         """Relative positions and a longer context than the teacher; the same output width as the teacher."""

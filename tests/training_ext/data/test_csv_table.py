@@ -407,3 +407,41 @@ def test_requote_refuses_a_file_a_csv_writer_quoted_instead_of_corrupting_it(tmp
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2 and "line 2" in done.stderr and "written with quoting" in done.stderr
     assert open(path, "rb").read() == before and not os.path.exists(path + ".verbatim")  # nothing touched
+
+
+def test_training_checks_csvs_before_any_model_is_built_and_parses_them_once(tmp_path, monkeypatch, capsys):
+    from training_ext import main_context_finetune_rope, main_distill_rope
+    from training_ext.common import csv_table
+    path, _ = _split(tmp_path, captions=QUOTED[:4])
+    bad = _rows_file(str(tmp_path), "bad.csv", [("filepath", "title"), ("a.png", '"Stop" he said')])
+    for entry in (main_distill_rope, main_context_finetune_rope):
+        extra = ["--teacher-model", TEACHER] if entry is main_distill_rope else []
+        argv = ["--model", STUDENT, *extra, "--train-data", bad, "--dataset-type", "csv", "--logs", str(tmp_path),
+                "--name", f"bad-{entry.__name__}", "--device", "cpu", "--precision", "fp32"]
+        built = []
+        monkeypatch.setattr(open_clip, "create_model_and_transforms", lambda *a, **k: built.append(a))
+        with pytest.raises(SystemExit) as stopped:
+            entry.parse_args(argv)
+        assert stopped.value.code == 2 and not built
+        assert f"{bad} line 2: " in capsys.readouterr().err
+    # a good file is parsed once: the check's table is the one the dataset then reads
+    parses = []
+    original = csv_table._read
+    monkeypatch.setattr(csv_table, "_read", lambda *a, **k: parses.append(a[0]) or original(*a, **k))
+    main_distill_rope.parse_args(["--model", STUDENT, "--teacher-model", TEACHER, "--train-data", path,
+                                  "--dataset-type", "csv", "--logs", str(tmp_path), "--name", "good"])
+    assert parses == [path]
+    assert list(CsvTextDataset(path, "title", TOKENIZE).captions) == [clean_caption(c) for c in QUOTED[:4]]
+    assert parses == [path]
+
+
+def test_training_ext_main_checks_csvs_before_open_clip_train_starts(tmp_path, monkeypatch, capsys):
+    import open_clip_train.main
+    from training_ext import main as training_main
+    bad = _rows_file(str(tmp_path), "bad.csv", [("filepath", "title"), ("a.png", '"Stop" he said')])
+    started = []
+    monkeypatch.setattr(open_clip_train.main, "main", lambda argv: started.append(argv))
+    monkeypatch.setattr(open_clip_train.data, "CsvDataset", open_clip_train.data.CsvDataset)  # restored after
+    with pytest.raises(SystemExit) as stopped:
+        training_main.main(["--model", TEACHER, "--train-data", bad, "--batch-size", "2", "--logs", str(tmp_path)])
+    assert stopped.value.code == 2 and not started and f"{bad} line 2: " in capsys.readouterr().err
