@@ -34,7 +34,7 @@ import mmap
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from training_ext.common.text_files import ENCODING, read_arrow_csv, text_stream
 

@@ -16,6 +16,7 @@ result is shared with the node's other ranks (training_ext.data.node_shared).
 """
 import csv
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -218,15 +219,19 @@ class CsvImageTextDataset(Dataset):
         self.where = _locator(table)
         base = image_base(path, image_root)
         rows = captioned_rows(table, caption_key, self.skips, self.text_check)
-        paths = ArrowTexts(table.columns[image_key], rows, lambda value: resolve_image_path(value, base))
-        present = once_per_node(lambda: existing_files(table.columns[image_key], rows, base), "image-files")
+        images = table.columns[image_key]
+
+        def resolve(value: str) -> str:
+            return resolve_image_path(value, base)
+
+        present = once_per_node(functools.partial(existing_files, images, rows, base), "image-files")
         logging.info(f"{path}: {int(present.sum())} of {len(rows)} image files exist (checked once per node)")
-        self._report_missing(paths, rows, present, skip_missing)
+        self._report_missing(ArrowTexts(images, rows, resolve), rows, present, skip_missing)
         self.row_numbers = rows[present]
-        self.image_paths = _column(table, image_key, self.row_numbers, lambda value: resolve_image_path(value, base))
+        self.image_paths = _column(table, image_key, self.row_numbers, resolve)
         self.captions = _column(table, caption_key, self.row_numbers, clean_caption)
         self._shorts = _column(table, short_caption_key, self.row_numbers) if short_caption_key else None
-        del table, paths
+        del table, images
         _release_arrow_memory()
         self.tokenize = tokenizer
         self.transform = transform

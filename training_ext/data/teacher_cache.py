@@ -16,7 +16,7 @@ that header count is the commit point, anything after it is cut off when the wri
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
