@@ -757,7 +757,7 @@ BENCHMARKS: Dict[str, Benchmark] = {b.name: b for b in [
               read_sharegpt4v_1k, "the ShareGPT4V caption json", "sharegpt4v_root",
               peer=f"{TULIP} eval/sharegpt4v.py", release_counts=(1000, 1000), verified=CHECKED),
     Benchmark("sharegpt4v-10k", "sharegpt4v-10k (share4v_sam_10k.json): LoTLIP's 10,000 entries, 1 caption per image, "
-              "white space collapsed only (LoTLIP's own normalisation: sharegpt4v-10k-lotlip)",
+              "white space collapsed only (LoTLIP's own normalisation: --sharegpt4v-10k-lotlip)",
               read_sharegpt4v_10k, "LoTLIP's share4v_sam_10k.json", "sharegpt4v_root",
               peer=f"{LOTLIP_REPO} dataloaders/share4v.py (entries only)", release_counts=(10000, 10000),
               verified="this project's own normalisation of LoTLIP's entries (the entries checked against "

@@ -90,8 +90,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if not name or not path or name in BENCHMARKS:
             parser.error(f"--csv {entry!r}: expected NAME=PATH with a NAME that is not a built-in benchmark")
     if args.tie_rule == "peer":
-        parser.error("--tie-rule peer was removed: the peers rank with sorts whose order among equal scores depends "
-                     "on tensor length, device and torch version, so no rule reproduces it; every result now "
+        parser.error("--tie-rule peer was removed: the peers break ties differently (argmax takes the first maximal "
+                     "index; argsort and topk take an order that depends on tensor length, device and torch "
+                     "version), so no one rule reproduces them all; every result now "
                      "reports, per R@k, how many queries a tie decides and the R@k that ties in the model's favour "
                      "would give ('ties' in results.json and the protocol card)")
     if args.tie_rule not in TIE_RULES:
