@@ -3,7 +3,10 @@
 A relative-position variant is the stock config with three changes: ``custom_text: true`` (the tower has no
 ``positional_embedding`` for ``CLIP.__init__`` to copy), ``text_cfg.pos_embed_type`` in {"rope", "cope"} and the
 new ``text_cfg.context_length``. Everything else (widths, activation, vision tower) stays the base's, which is
-what lets the base's pretrained weights initialise the variant.
+what lets the base's pretrained weights initialise the variant. Any registered base takes any kind at any length
+from its own context up by name alone: ``<base>-<kind>-<N>`` is derived and registered on its first lookup
+(``derive_on_demand``, called from open_clip's ``get_model_config`` as patches.py wraps it); a base whose text
+tower a kind cannot reproduce is refused with ``text_tower_refusal``'s reason (support.py tabulates them).
 
 Two absolute-position variants are derived the same way, for comparison: "longclip" (Long-CLIP's stretched
 table with frozen leading rows, see longclip.py; custom text tower) and "uniform" (a stock CLIP whose 77 learned
@@ -23,7 +26,9 @@ from pathlib import Path
 from typing import Optional
 
 import open_clip
+import open_clip.factory
 import open_clip.pretrained
+from open_clip.model import CLIPTextCfg
 
 RELATIVE_POSITION_TYPES = ("rope", "cope")
 POSITION_TYPES = RELATIVE_POSITION_TYPES + ("longclip", "uniform")
@@ -44,8 +49,23 @@ TOWER_CONFIG_KEYS = ("vision_cfg", "text_cfg")
 # tower): docs/checkpoints.md.
 TULIP_EVAL_SCRIPT_SUFFIX = "-evalscript"
 _VARIANT_NAME = re.compile(rf"^(?P<base>.+)-(?P<position>{'|'.join(POSITION_TYPES)})-(?P<context>\d+)$")
-# Stock text-tower options that a relative-position tower does not reproduce.
-_UNSUPPORTED_TEXT = {"hf_model_name": None, "embed_cls": False, "no_causal_mask": False, "cls_emb": None}
+# Stock text-tower options no derived tower reproduces: (stock value, why the base is refused).
+_UNSUPPORTED_TEXT = {
+    "hf_model_name": (None, "Hugging Face text tower (text_cfg.hf_model_name): its positions are the HF model's"),
+    "embed_cls": (False, "class-token text tower (text_cfg.embed_cls)"),
+    "cls_emb": (None, "class-token text tower (text_cfg.cls_emb)"),
+    "no_causal_mask": (False, "not yet supported: bidirectional text tower (text_cfg.no_causal_mask)"),
+}
+# Model-level keys of configs whose text tower open_clip builds inside another model class.
+_UNSUPPORTED_MODEL = {"multimodal_cfg": "CoCa (captioning decoder on the text tower; multimodal_cfg)"}
+POOL_TYPES = ("argmax", "eos", "last")
+_NOT_A_STOCK_KEY = object()
+# Stock text keys the relative-position tower honours; any other non-default stock key refuses rope/cope.
+RELPOS_HONOURED = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
+                   "pool_type", "eos_id", "proj_bias", "output_tokens", "act_kwargs", "norm_kwargs", "pad_id",
+                   "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs", "proj_type"}
+# Loose `<base>-<word>-<digits>`: tells a misspelt kind ('ViT-B-16-rop-248') from an unknown name.
+_LOOSE_VARIANT_NAME = re.compile(r"^(?P<base>.+)-(?P<position>[A-Za-z]+)-(?P<context>\d+)$")
 
 
 def shipped_config_dir() -> Path:
@@ -64,11 +84,70 @@ def needs_custom_text(text_cfg) -> bool:
     return isinstance(text_cfg, dict) and text_cfg.get("pos_embed_type") in CUSTOM_TEXT_POSITION_TYPES
 
 
+def text_tower_refusal(cfg: dict, position: str) -> Optional[str]:
+    """Why the model config ``cfg``'s text tower cannot be built with ``position`` positions; None if it can.
+
+    Read from the config alone (no model is built). ``derive_config`` refuses a base with this reason and the
+    tower builders (towers.py) refuse a config with the same reason, so support.py's table and the builders agree.
+    """
+    for key, reason in _UNSUPPORTED_MODEL.items():
+        if cfg.get(key):
+            return reason
+    text_cfg = cfg.get("text_cfg") or {}
+    for key, (stock_value, reason) in _UNSUPPORTED_TEXT.items():
+        if text_cfg.get(key, stock_value) != stock_value:
+            return reason
+    if text_cfg.get("pool_type", "argmax") not in POOL_TYPES:
+        return f"text pool_type {text_cfg['pool_type']!r} (supported: {', '.join(POOL_TYPES)})"
+    if position in RELATIVE_POSITION_TYPES:
+        defaults = CLIPTextCfg()
+        ignored = sorted(k for k in text_cfg if k not in EXT_TEXT_KEYS | RELPOS_HONOURED | {TOWER_ACTIVATION_KEY}
+                         and text_cfg[k] != getattr(defaults, k, _NOT_A_STOCK_KEY))
+        if ignored:
+            return f"text_cfg options {ignored} are not supported by the relative-position text tower"
+    return None
+
+
+def _close(name: str, names, n: int = 8) -> str:
+    close = difflib.get_close_matches(name, list(names), n=n, cutoff=0.6)
+    return f" Close matches: {', '.join(close)}." if close else ""
+
+
+def unknown_model_reason(name: str) -> str:
+    """Why ``name`` names no config, with the close names: a refused or misspelt ``<base>-<kind>-<N>`` says which
+    part is at fault (the base, the kind, or what the base's text tower cannot take)."""
+    parsed = split_variant_name(name)
+    if parsed and open_clip.get_model_config(parsed[0]) is not None:
+        try:
+            derive_config(*parsed)
+        except ValueError as refusal:
+            return f"Cannot derive '{name}': {refusal}.{_close(name, open_clip.list_models())}"
+    loose = _LOOSE_VARIANT_NAME.match(name)
+    if loose:
+        base, position = loose["base"], loose["position"]
+        if parsed is None and difflib.get_close_matches(position, POSITION_TYPES, n=1, cutoff=0.6):
+            return (f"Unknown model config '{name}': '{position}' is not a variant kind (kinds: "
+                    f"{', '.join(POSITION_TYPES)}).{_close(position, POSITION_TYPES, 2)}")
+        if parsed and open_clip.get_model_config(base) is None:
+            bases = [n for n in open_clip.list_models() if split_variant_name(n) is None]
+            return (f"Unknown model config '{name}': no base config '{base}' for a {position} variant."
+                    f"{_close(base, bases)} (open_clip.list_models() lists all.)")
+    return (f"Unknown model config '{name}'.{_close(name, open_clip.list_models())} (open_clip.list_models() lists "
+            f"all; '<base>-<kind>-<N>' with kind one of {', '.join(POSITION_TYPES)} derives a variant of any base.)")
+
+
 def unknown_model_error(name: str) -> RuntimeError:
-    close = difflib.get_close_matches(name, open_clip.list_models(), n=8, cutoff=0.6)
-    hint = f" Close matches: {', '.join(close)}." if close else ""
-    return RuntimeError(f"Unknown model config '{name}'.{hint} (open_clip.list_models() lists all; "
-                        f"open_clip_ext.register_variant(base, 'rope', N) derives new ones.)")
+    return RuntimeError(unknown_model_reason(name))
+
+
+def model_name_problem(name: str) -> Optional[str]:
+    """None if ``create_model(name)`` finds a config (a ``<base>-<kind>-<N>`` variant is derived and registered
+    now; hf-hub: / local-dir: names are not looked up), else ``unknown_model_reason(name)``."""
+    if open_clip.factory.parse_model_name(name)[0] is not None:
+        return None
+    if open_clip.get_model_config(name.replace("/", "-")) is not None:
+        return None
+    return unknown_model_reason(name)
 
 
 def base_config(base) -> dict:
@@ -81,7 +160,12 @@ def base_config(base) -> dict:
 
 
 def derive_config(base, position: str = "rope", context_length: int = 248, **position_options) -> dict:
-    """The config of ``base`` (a registered name or a config dict) with a RoPE/CoPE/Long-CLIP/uniform text tower."""
+    """The config of ``base`` (a registered name or a config dict) with a RoPE/CoPE/Long-CLIP/uniform text tower.
+
+    Raises:
+        RuntimeError: ``base`` names no config (the message lists close names).
+        ValueError: an unknown position type or option, a base that already is a variant, a text tower the
+            position type cannot reproduce (``text_tower_refusal``), or a context shorter than the base's."""
     if position not in POSITION_TYPES:
         raise ValueError(f"position must be one of {POSITION_TYPES}, got {position!r}")
     unknown = set(position_options) - set(POSITION_DEFAULTS[position])
@@ -89,14 +173,16 @@ def derive_config(base, position: str = "rope", context_length: int = 248, **pos
         raise ValueError(f"unknown {position} option(s) {sorted(unknown)}; valid: {sorted(POSITION_DEFAULTS[position])}")
     cfg = base_config(base)
     text_cfg = cfg["text_cfg"]
-    for key, stock_value in _UNSUPPORTED_TEXT.items():
-        if text_cfg.get(key, stock_value) != stock_value:
-            raise ValueError(f"base config has text_cfg.{key}={text_cfg[key]!r}: only standard CLIP text towers "
-                             f"can take relative positions")
-    if text_cfg.get("pool_type", "argmax") not in ("argmax", "eos", "last"):
-        raise ValueError(f"base text pool_type {text_cfg['pool_type']!r} is not supported")
-    if context_length < 2:
-        raise ValueError(f"context_length must be at least 2, got {context_length}")
+    label = base if isinstance(base, str) else "the base"
+    if is_ext_text_cfg(text_cfg):
+        raise ValueError(f"{label} is already a {text_cfg['pos_embed_type']} variant; derive from its base")
+    refusal = text_tower_refusal(cfg, position)
+    if refusal:
+        raise ValueError(f"{label} cannot take {position} positions: {refusal}")
+    base_context = text_cfg.get("context_length", open_clip.factory.DEFAULT_CONTEXT_LENGTH)
+    if context_length < base_context:
+        raise ValueError(f"context_length {context_length} is shorter than {label}'s {base_context}: a variant "
+                         f"reads at least the base's context")
     if position in CUSTOM_TEXT_POSITION_TYPES:
         cfg["custom_text"] = True
     text_cfg["context_length"] = int(context_length)
@@ -189,6 +275,20 @@ def register_variant(base_name: str, position: str = "rope", context_length: int
     register_model_config(name, cfg)
     alias_pretrained_tags(name, base_name)
     return name
+
+
+def derive_on_demand(name: str) -> Optional[dict]:
+    """The config of ``<base>-<kind>-<N>`` for a registered base, registered now (with the base's pretrained
+    tags) so every command that resolves model names through open_clip knows it; None if ``name`` is not such a
+    name or the base cannot take the kind (``unknown_model_reason`` says why)."""
+    parsed = split_variant_name(name)
+    if parsed is None or open_clip.get_model_config(parsed[0]) is None:
+        return None
+    try:
+        register_variant(*parsed)
+    except ValueError:
+        return None
+    return deepcopy(open_clip.factory._MODEL_CONFIGS[name])
 
 
 def register_shipped_configs() -> None:

@@ -1,6 +1,7 @@
 """Every change this package makes to open_clip's internals, in one place, checked at import.
 
-open_clip has no plugin API for text towers or checkpoint converters, so five module-level names are wrapped
+open_clip has no plugin API for text towers, checkpoint converters or derived configs, so six module-level names
+are wrapped
 (each wrapper hands anything that is not ours to the original unchanged). This module only dispatches: what
 to build lives in towers.py, how to load in convert.py, and the registry entries (derived configs and their
 base's pretrained tags) are written by configs.py.
@@ -12,7 +13,10 @@ base's pretrained tags) are written by configs.py.
 - ``open_clip.factory.load_checkpoint``: converts stock / TULIP / own checkpoints onto our models;
 - ``open_clip.factory.create_model`` (and ``open_clip.create_model``): forces CustomTextCLIP for our configs,
   takes the activation from the pretrained tag (QuickGELU for OpenAI weights) or from the ``model_cfg`` saved
-  in a checkpoint, names close matches for an unknown model.
+  in a checkpoint, names close matches for an unknown model;
+- ``open_clip.factory.get_model_config`` (and ``open_clip.get_model_config``, which create_model, get_tokenizer and
+  every command's name check call): an unregistered ``<base>-<kind>-<N>`` of a registered base is derived and
+  registered on first lookup (configs.derive_on_demand), so ``create_model('RN50-rope-248')`` needs no set-up.
 Registries extended (by configs.py): ``open_clip.factory._MODEL_CONFIGS`` and ``open_clip.pretrained._PRETRAINED``.
 The open_clip range these were tested against is pinned in setup.cfg.
 """
@@ -36,11 +40,13 @@ _REQUIRED = (
     (open_clip.factory, "parse_model_name"),
     (open_clip.factory, "get_pretrained_cfg"),
     (open_clip.factory, "_MODEL_CONFIGS"),
+    (open_clip.factory, "_MODEL_CONFIG_PATHS"),  # read by support.py
     (open_clip.pretrained, "_PRETRAINED"),
     (open_clip.transformer, "text_global_pool"),
     (open_clip.transformer, "lock_text_tower"),
     (open_clip.transformer.TextTransformer, "_embeds"),  # overridden by the Long-CLIP tower
     (open_clip, "create_model"),
+    (open_clip, "get_model_config"),
 )
 _originals = {}
 
@@ -68,8 +74,8 @@ def check_open_clip() -> None:
 # Checked before the modules below import open_clip internals themselves, so a missing one is named here.
 check_open_clip()
 
-from .configs import (gelu_pinned_towers, is_ext_text_cfg, needs_custom_text, split_tower_activation,  # noqa: E402
-                      unknown_model_error)
+from .configs import (derive_on_demand, gelu_pinned_towers, is_ext_text_cfg, needs_custom_text,  # noqa: E402
+                      split_tower_activation, unknown_model_error)
 from .convert import load_checkpoint_into, pretrained_uses_quick_gelu  # noqa: E402
 from .towers import build_ext_text_tower, is_ext_model  # noqa: E402
 
@@ -91,6 +97,13 @@ def _load_checkpoint(model, checkpoint_path, strict=True, weights_only=True, dev
         return load_checkpoint_into(model, checkpoint_path, strict=strict)
     return _originals["load_checkpoint"](model, checkpoint_path, strict=strict, weights_only=weights_only,
                                          device=device)
+
+
+def _get_model_config(model_name):
+    cfg = _originals["get_model_config"](model_name)
+    if cfg is None and open_clip.factory.parse_model_name(model_name)[0] is None:
+        return derive_on_demand(model_name)
+    return cfg
 
 
 def _create_model(model_name, pretrained=None, **kwargs):
@@ -124,8 +137,11 @@ def apply() -> None:
     _originals["_build_vision_tower"] = open_clip.model._build_vision_tower
     _originals["load_checkpoint"] = open_clip.factory.load_checkpoint
     _originals["create_model"] = open_clip.factory.create_model
+    _originals["get_model_config"] = open_clip.factory.get_model_config
     open_clip.model._build_text_tower = _build_text_tower
     open_clip.model._build_vision_tower = _build_vision_tower
     open_clip.factory.load_checkpoint = _load_checkpoint
     open_clip.factory.create_model = _create_model
     open_clip.create_model = _create_model
+    open_clip.factory.get_model_config = _get_model_config
+    open_clip.get_model_config = _get_model_config

@@ -12,24 +12,12 @@ from torch import nn
 from open_clip.model import CLIPTextCfg
 from open_clip.transformer import LayerNorm, LayerNormFp32, QuickGELU
 
-from .configs import EXT_TEXT_KEYS
+from .configs import EXT_TEXT_KEYS, text_tower_refusal
 from .longclip import LongCLIPTextTransformer
 from .text_tower import RelPosTextTransformer
 
-# Stock keys the relative-position tower honours; any other non-default stock key is refused, not ignored.
-_HONOURED = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
-             "pool_type", "eos_id", "proj_bias", "output_tokens", "act_kwargs", "norm_kwargs", "pad_id",
-             "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs", "proj_type"}
-
-
 def _stock_text_cfg(text_cfg: dict) -> CLIPTextCfg:
-    stock = CLIPTextCfg(**{k: v for k, v in text_cfg.items() if k not in EXT_TEXT_KEYS})
-    defaults = CLIPTextCfg()
-    ignored = [k for k in text_cfg if k not in EXT_TEXT_KEYS and k not in _HONOURED
-               and getattr(stock, k) != getattr(defaults, k)]
-    if ignored:
-        raise ValueError(f"text_cfg options {ignored} are not supported by the relative-position text tower")
-    return stock
+    return CLIPTextCfg(**{k: v for k, v in text_cfg.items() if k not in EXT_TEXT_KEYS})
 
 
 def _act_and_norm(stock: CLIPTextCfg, quick_gelu: bool, cast_dtype: Optional[torch.dtype]):
@@ -76,7 +64,7 @@ def build_relpos_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = F
 def build_longclip_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = False,
                               cast_dtype: Optional[torch.dtype] = None) -> LongCLIPTextTransformer:
     """A stock text tower (every stock option honoured) with Long-CLIP's position tables."""
-    stock = CLIPTextCfg(**{k: v for k, v in text_cfg.items() if k not in EXT_TEXT_KEYS})
+    stock = _stock_text_cfg(text_cfg)
     act_layer, norm_layer = _act_and_norm(stock, quick_gelu, cast_dtype)
     return LongCLIPTextTransformer(
         context_length=stock.context_length, vocab_size=stock.vocab_size, width=stock.width, heads=stock.heads,
@@ -115,5 +103,12 @@ def is_ext_model(model) -> bool:
 
 def build_ext_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = False,
                          cast_dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """The tower for ``text_cfg.pos_embed_type`` (a key of _TOWER_BUILDERS)."""
-    return _TOWER_BUILDERS[text_cfg["pos_embed_type"]](embed_dim, text_cfg, quick_gelu, cast_dtype)
+    """The tower for ``text_cfg.pos_embed_type`` (a key of _TOWER_BUILDERS).
+
+    Raises:
+        ValueError: a stock option the tower would not reproduce (``configs.text_tower_refusal``'s reason)."""
+    position = text_cfg["pos_embed_type"]
+    refusal = text_tower_refusal({"text_cfg": text_cfg}, position)
+    if refusal:
+        raise ValueError(f"cannot build a {position} text tower: {refusal}")
+    return _TOWER_BUILDERS[position](embed_dim, text_cfg, quick_gelu, cast_dtype)
