@@ -54,6 +54,7 @@ from training_ext.stages.distill import (
 from training_ext.stages.finetune import ClipFeatures, clip_loss_for, finetune_losses, make_finetune_step
 from training_ext.engine.optim import create_optimizer
 from training_ext.engine.params import parse_args
+from training_ext.stages.flags import DistillFlags, FinetuneFlags
 from training_ext.stages.text_inputs import TeacherInputs
 
 _WORDS = ("a red wooden table stands next to the window while a small grey cat sleeps on a soft blue blanket "
@@ -86,7 +87,10 @@ def training_args(stage: str, csv: str, opts) -> argparse.Namespace:
              "--device", opts.device]
     if stage == "distill":
         flags += ["--teacher-model", opts.teacher]
-    args = parse_args(flags, stage=stage)
+    # the entry point of the student's position type, as `python -m training_ext.main_<stage>_<position>` parses
+    position = "cope" if open_clip.get_model_config(opts.student)["text_cfg"].get("pos_embed_type") == "cope" \
+        else "rope"
+    args = parse_args(flags, (DistillFlags if stage == "distill" else FinetuneFlags)(position))
     args.world_size, args.rank, args.distributed = 1, 0, False
     return args
 

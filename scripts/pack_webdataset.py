@@ -21,7 +21,7 @@ Examples:
 import argparse
 import os
 
-from training_ext.prep.cli import add_progress_argument, add_shard_arguments, pack_from_args, report_list
+from training_ext.prep.cli import add_progress_argument, add_shard_arguments, pack_from_args, report_list, run_main
 from training_ext.common.file_io import write_lines
 from training_ext.common.folder_pairs import pair_folder
 from training_ext.prep.sources import CAPTION_POLICIES, samples_from_coco, samples_from_csv, samples_from_folder
@@ -95,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,8 +3,9 @@
 
 Rule (TULIP's dci_long.csv): one row per annotation file, in file-name order, whose `extra_caption` is not
 empty (white space only counts as empty): filepath = <photos dir>/<"image">, title = extra_caption with
-white space normalised. Annotation files with an empty extra_caption and images that do not exist are
-counted and listed in files next to the CSV.
+white space normalised. Annotation files with an empty extra_caption, images that do not exist and files that
+are not images (their first bytes are read: an HTML page saved as .jpg) are counted and listed in files next to
+the CSV; image data past the header is not checked.
 
 Example:
   python scripts/prepare_dci.py --annotations-dir DCI/data/densely_captioned_images/annotations \\
@@ -15,9 +16,10 @@ import os
 
 from tqdm import tqdm
 
-from training_ext.prep.cli import add_missing_argument, add_progress_argument, report_list
+from training_ext.prep.cli import add_missing_argument, add_progress_argument, report_list, run_main
 from training_ext.prep.dci import annotation_files, long_dci_pairs
 from training_ext.common.file_io import write_lines, write_tsv
+from training_ext.common.image_files import MISSING
 from training_ext.prep.sources import check_images_exist, resolve_path
 
 DCI_LONG_COLUMNS = ("filepath", "title")
@@ -53,19 +55,21 @@ def main(argv=None) -> dict:
     report_list(len(empty), "annotations with an empty extra_caption (left out, as the benchmark does)",
                 empty_path)
 
-    missing_path = f"{stem}_missing_images.txt"
-    missing = set(check_images_exist([resolve_path(p.image, photos_dir) for p in pairs], missing_path,
-                                     args.missing, not args.no_progress))
+    missing_path, unreadable_path = f"{stem}_missing_images.txt", f"{stem}_unreadable_images.tsv"
+    bad = check_images_exist([resolve_path(p.image, photos_dir) for p in pairs], missing_path,
+                             args.missing, not args.no_progress, unreadable_path)
+    missing = [path for path, why in bad.items() if why == MISSING]
     report_list(len(missing), f"images missing under {photos_dir}", missing_path)
+    report_list(len(bad) - len(missing), "image files that are not images", unreadable_path)
     if args.missing == "drop":
-        pairs = [p for p in pairs if resolve_path(p.image, photos_dir) not in missing]
+        pairs = [p for p in pairs if resolve_path(p.image, photos_dir) not in bad]
 
     rows = ([p.image if args.relative_paths else resolve_path(p.image, photos_dir), p.caption] for p in pairs)
     count = write_tsv(args.output, DCI_LONG_COLUMNS, rows)
     print(f"{count} Long-DCI pairs from {len(paths)} annotation files -> {args.output}")
     return {"annotation_files": len(paths), "pairs": count, "empty_extra_caption": len(empty),
-            "missing_images": len(missing), "photos_dir": photos_dir}
+            "missing_images": len(missing), "unreadable_images": len(bad) - len(missing), "photos_dir": photos_dir}
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

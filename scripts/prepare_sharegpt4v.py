@@ -3,7 +3,9 @@
 
 Validation is the first --num-val entries of the json (ShareGPT4V-1k); training is the rest, and a training
 entry whose image is also a validation image is left out too (unless --keep-shared-images), so no
-validation image is ever trained on. Missing images and malformed entries are counted and listed in files.
+validation image is ever trained on. Missing images, files that are not images (their first bytes are read: an
+HTML page saved as .jpg) and malformed entries are counted and listed in files. Image data past the header is
+checked only when packing shards (--shards-dir; --verify-images decodes every pixel).
 
 Example:
   python scripts/prepare_sharegpt4v.py --json ShareGPT4V/share-captioner_coco_lcs_sam_1246k_1107.json \\
@@ -16,8 +18,9 @@ import sys
 from tqdm import tqdm
 
 from training_ext.prep.cli import (add_missing_argument, add_progress_argument, add_shard_arguments,
-                                   pack_from_args, report_list)
+                                   pack_from_args, report_list, run_main)
 from training_ext.common.file_io import write_json, write_tsv
+from training_ext.common.image_files import MISSING
 from training_ext.prep.sharegpt4v import load_json_list, parse_entries, split_validation
 from training_ext.prep.sources import check_images_exist, make_sample, resolve_path, write_samples_csv
 
@@ -74,12 +77,15 @@ def main(argv=None) -> dict:
     train = [to_sample(e) for e in train_entries]
     val_images = {s.image_path for s in val}  # before any drop: a validation image is never trained on
 
-    missing_path = output_path(args, "missing_images.txt")
-    missing = set(check_images_exist([s.image_path for s in val + train], missing_path, args.missing, progress))
+    missing_path, unreadable_path = output_path(args, "missing_images.txt"), output_path(args, "unreadable_images.tsv")
+    bad = check_images_exist([s.image_path for s in val + train], missing_path, args.missing, progress,
+                             unreadable_path)
+    missing = [path for path, why in bad.items() if why == MISSING]
     report_list(len(missing), "images missing under " + image_root, missing_path)
+    report_list(len(bad) - len(missing), "image files that are not images", unreadable_path)
     if args.missing == "drop":
-        val = [s for s in val if s.image_path not in missing]
-        train = [s for s in train if s.image_path not in missing]
+        val = [s for s in val if s.image_path not in bad]
+        train = [s for s in train if s.image_path not in bad]
 
     shared = [s for s in train if s.image_path in val_images]
     if shared and not args.keep_shared_images:
@@ -94,7 +100,8 @@ def main(argv=None) -> dict:
 
     report = {
         "json": os.path.abspath(args.json), "image_root": image_root, "json_entries": len(data),
-        "malformed_entries": len(malformed), "missing_images": len(missing), "missing_policy": args.missing,
+        "malformed_entries": len(malformed), "missing_images": len(missing),
+        "unreadable_images": len(bad) - len(missing), "missing_policy": args.missing,
         "train_entries_sharing_val_images": len(shared), "train_rows": len(train), "val_rows": len(val),
         "num_val": args.num_val, "train_csv": train_csv, "val_csv": val_csv,
     }
@@ -109,4 +116,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -12,6 +12,10 @@ A cache is a folder:
 Any model can fill one (an LLM text encoder of another width, say) through ``TeacherCacheWriter``. Writing is
 append-only and resumable: rows are appended and flushed, then the header's ``rows`` is replaced atomically;
 that header count is the commit point, anything after it is cut off when the writer reopens the folder.
+
+Every embedding is finite: the writer refuses a batch holding NaN or inf (naming the sample), and opening a cache
+scans both arrays once (``FINITE_SCAN_BYTES`` at a time), so a damaged cache is refused, naming file, row and
+sample key, before training starts rather than surfacing as a non-finite loss some steps in.
 """
 import hashlib
 import os
@@ -32,6 +36,8 @@ FIELDS = ("long", "short")
 # Header entries that define what the cached numbers are; a resumed write must agree on all of them.
 IDENTITY_KEYS = ("teacher", "teacher_pretrained", "checkpoint_sha256", "tokenizer_context_length",
                  "embedding_width", "dataset_type", "dataset", "caption_field", "short_caption_field")
+FINITE_SCAN_BYTES = 1 << 26  # the read side's NaN/inf scan reads this much of a data file at a time
+NON_FINITE_FIX = "if float16 overflowed under autocast (inf), precompute with --precision fp32 or amp_bf16"
 
 
 # CSVs were read verbatim (quotes kept) from commit 1fecb9f until the standard-CSV reader; a cache built then from a
@@ -176,11 +182,27 @@ class TeacherCacheWriter:
     def _read_index_keys(self) -> List[str]:
         return [line.split("\t", 1)[0] for line in read_text(os.path.join(self.path, INDEX_FILE)).splitlines()]
 
-    def append(self, keys: Sequence[str], digests: Sequence[str], long: torch.Tensor, short: torch.Tensor) -> None:
+    def append(self, keys: Sequence[str], digests: Sequence[str], long: torch.Tensor, short: torch.Tensor,
+               captions: Optional[Sequence[str]] = None) -> None:
+        """Append one batch: (N,) keys and caption digests, (N, width) long and short embeddings (any float dtype,
+        stored as float32). ``captions`` (N long captions) only make errors name the caption.
+
+        Raises:
+            ValueError: a shape that is not (N, width), a key holding a tab or newline.
+            TeacherCacheError: an embedding holding NaN or inf (names the sample); nothing of the batch is written.
+        """
         width = self.header.embedding_width
         for name, tensor in (("long", long), ("short", short)):
             if tuple(tensor.shape) != (len(keys), width):
                 raise ValueError(f"{name} embeddings have shape {tuple(tensor.shape)}, expected ({len(keys)}, {width})")
+        for name, tensor in (("long", long), ("short", short)):
+            bad = torch.nonzero(~torch.isfinite(tensor.detach()).all(dim=1)).flatten().tolist()
+            if bad:
+                caption = f" (caption {captions[bad[0]][:80]!r})" if captions is not None else ""
+                raise TeacherCacheError(
+                    f"{self.path}: the {name} embedding of sample {keys[bad[0]]!r}{caption} holds NaN or inf "
+                    f"({len(bad)} of this batch's {len(keys)} samples); the batch is not written, the "
+                    f"{self.rows} rows before it are kept; {NON_FINITE_FIX}, then run the same command again")
         bad = [k for k in keys if "\t" in k or "\n" in k]
         if bad:
             raise ValueError(f"sample keys may not hold tabs or newlines: {bad[:3]}")
@@ -268,6 +290,25 @@ class TeacherCache:
         self._order = np.argsort(self.keys, kind="stable")
         self._sorted_keys = self.keys[self._order]
         self._arrays = {}
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Raise TeacherCacheError naming the file, the first row holding NaN or inf, its sample key and how many
+        rows do. Reads each data file once, FINITE_SCAN_BYTES at a time."""
+        rows, width = self.header.rows, self.header.embedding_width
+        step = max(1, FINITE_SCAN_BYTES // (4 * max(width, 1)))
+        for name in FIELDS:
+            array = np.memmap(_data_path(self.path, name), dtype="<f4", mode="r", shape=(rows, width)) if rows else []
+            bad = [start + np.flatnonzero(~np.isfinite(array[start:start + step]).all(axis=1))
+                   for start in range(0, rows, step)]
+            bad = np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+            if len(bad):
+                row = int(bad[0])
+                raise TeacherCacheError(
+                    f"{_data_path(self.path, name)}: row {row} (sample key {_text(self.keys[row])!r} of "
+                    f"{self.header.dataset}) holds NaN or inf ({len(bad)} of {rows} rows do): the teacher produced "
+                    f"a non-finite embedding or the file is damaged. Remove {self.path} and precompute the cache "
+                    f"again ({NON_FINITE_FIX})")
 
     @property
     def width(self) -> int:

@@ -4,34 +4,55 @@ at once instead of after hours of evaluating the others.
 A model spec is NAME[:PRETRAINED_OR_PATH]: NAME must be an open_clip model (this project's configs included) or
 an hf-hub:/local-dir: name; PRETRAINED must be a pretrained tag open_clip knows for NAME, an hf-hub: reference, or
 an existing checkpoint file. (Whether a checkpoint file loads is only known when it is loaded.)
+
+Every benchmark image must start like an image (``training_ext.common.image_files``: an HTML page saved as
+``1.jpg`` stops the run here); an image whose data past its header is damaged is found when it is decoded, and the
+runner then stops with the file named, after writing the results finished so far. The output folder must be
+writable: it is created and a probe file written and removed in it.
 """
-import difflib
 import os
+import tempfile
+from typing import Sequence
+
+from training_ext.common.image_files import image_file_problem
 
 
 class PreflightError(ValueError):
-    """A model spec that cannot work; the message names the spec."""
+    """A model spec, benchmark image or output folder that cannot work; the message names it and the fix."""
 
 
 def check_model_spec(spec) -> None:
-    """spec: a runner.ModelSpec (spec, name, pretrained). Raises PreflightError."""
-    import open_clip
-    import open_clip_ext  # noqa: F401  (registers this project's model configs with open_clip)
+    """spec: a runner.ModelSpec (spec, name, pretrained). Raises PreflightError naming the spec
+    (``open_clip_ext.model_specs``' checks)."""
+    from open_clip_ext.model_specs import model_spec_problem
 
-    name, pretrained = spec.name, spec.pretrained
-    has_schema = name.startswith(("hf-hub:", "local-dir:"))
-    if name.startswith("local-dir:") and not os.path.isdir(name[len("local-dir:"):]):
-        raise PreflightError(f"--model {spec.spec}: local model folder not found: {name[len('local-dir:'):]}")
-    if not has_schema and name not in open_clip.list_models():
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
-        raise PreflightError(f"--model {spec.spec}: {name!r} is not an open_clip model"
-                             + (f" (did you mean {', '.join(close)}?)" if close else ""))
-    if pretrained is None or pretrained.startswith("hf-hub:") or os.path.isfile(os.path.expanduser(pretrained)):
-        return
-    if not has_schema and open_clip.get_pretrained_cfg(name, pretrained):
-        return
-    tags = [] if has_schema else open_clip.list_pretrained_tags_by_model(name)
-    raise PreflightError(
-        f"--model {spec.spec}: checkpoint file not found: {os.path.abspath(os.path.expanduser(pretrained))} "
-        f"(and {pretrained!r} is not a pretrained tag of {name}"
-        + (f"; its tags: {', '.join(tags)})" if tags else ")"))
+    problem = model_spec_problem(spec.name, spec.pretrained)
+    if problem:
+        raise PreflightError(f"--model {spec.spec}: {problem}")
+
+
+def check_benchmark_images(benchmark: str, source: str, paths: Sequence[str]) -> None:
+    """Every image file of one benchmark starts like an image (a read of its first bytes each). Raises
+    PreflightError naming the benchmark, its source, the first bad file and why, and how many there are."""
+    problems = [(path, why) for path in dict.fromkeys(paths) if (why := image_file_problem(path)) is not None]
+    if problems:
+        path, why = problems[0]
+        more = f" ({len(problems)} such files, e.g. also {problems[1][0]})" if len(problems) > 1 else ""
+        raise PreflightError(f"{benchmark} ({source}): image {path}: {why}{more}; replace it with the image the "
+                             f"benchmark names (re-download or re-extract it)")
+
+
+def check_output_dir(path: str) -> None:
+    """Create ``path`` (--output-dir) and write and remove a probe file in it, so that results that could not be
+    saved stop the run before any model is built. Raises PreflightError naming the folder and the OS reason."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise PreflightError(f"--output-dir {path}: is a file, not a folder; choose a folder for the results")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
+            pass
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename and os.path.abspath(error.filename) != os.path.abspath(
+            path) else ""
+        raise PreflightError(f"--output-dir {path}: cannot write the results there: {error.strerror or error}"
+                             f"{where}; choose a folder you can write to") from None

@@ -3,12 +3,15 @@
 Each model (a stock open_clip model at 77 tokens, this project's RoPE/CoPE models, any checkpoint)
 is run on every benchmark given; the output is one comparison table (terminal and results.md),
 results.json with every number, a protocol card per result, and recall_by_length.png (R@1 against
-caption length in tokens). Every model spec, checkpoint and benchmark is checked before the first
-model runs; the results written so far are saved after each model.
+caption length in tokens). Every model spec, checkpoint, benchmark (its images' first bytes included) and the
+output folder are checked before the first model runs; results.json and results.md are rewritten after each
+benchmark of each model, and whatever stops the run (an image that cannot be decoded, a crash, Ctrl-C) first
+writes every finished result.
 """
 import argparse
 import datetime
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ from training_ext.eval.features import encode_captions, encode_images
 from training_ext.eval.length_buckets import (DEFAULT_BUCKET_EDGES, check_bucket_edges, recall_at_1_by_length,
                                              tokenizer_name)
 from training_ext.eval.perturb import parse_perturbations, perturb_captions
-from training_ext.eval.preflight import check_model_spec
+from training_ext.eval.preflight import check_benchmark_images, check_model_spec, check_output_dir
 from training_ext.eval.options import build_parser
 from training_ext.eval.protocol_card import dataset_card, format_card, model_card
 from training_ext.common.retrieval import (DEFAULT_CHUNK_ELEMENTS, TIE_RULES, recall_at_k, recall_metrics,
@@ -145,6 +148,7 @@ def load_benchmarks(args) -> List[SelectedBenchmark]:
         selected.append(SelectedBenchmark(benchmark, source, args.csv_image_root,
                                           benchmark.reader(source, args.csv_image_root)))
     for item in selected:
+        check_benchmark_images(item.benchmark.name, item.source, item.data.image_paths)
         describe_benchmark(item)
     attach_bucket_column(args, selected)
     return selected
@@ -316,10 +320,11 @@ def evaluate_model(loaded: LoadedModel, selected: SelectedBenchmark, args) -> di
     }
 
 
-def write_outputs(args, models: List[dict], results: List[dict], pending: Sequence[str] = ()) -> List[str]:
-    """results.json, results.md and the plots, each written atomically; called after every model, so a crash
-    in a later model keeps the finished ones (results.json then says complete: false and names the rest).
-    Returns the names of the files written, in args.output_dir."""
+def write_outputs(args, models: List[dict], results: List[dict], pending: Sequence[str] = (),
+                  plots: bool = True) -> List[str]:
+    """results.json, results.md and (with ``plots``) the plots, each written atomically; called after every
+    benchmark of every model, so a crash later keeps the finished results (results.json then says complete: false
+    and names the models not finished). Returns the names of the files written, in args.output_dir."""
     os.makedirs(args.output_dir, exist_ok=True)
     write_json(os.path.join(args.output_dir, "results.json"), {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -336,23 +341,48 @@ def write_outputs(args, models: List[dict], results: List[dict], pending: Sequen
         "results": results,
     })
     write_text(os.path.join(args.output_dir, "results.md"), markdown_report(results, pending))
+    if not plots:
+        return ["results.json", "results.md"]
     plot_path = plot_recall_by_length(results, os.path.join(args.output_dir, "recall_by_length.png"))
     if plot_path is None:
         print("no retrieval benchmark: recall_by_length.png not written", file=sys.stderr)
-    plots = [plot_path]
+    plot_paths = [plot_path]
     if args.bucket_by_column:
-        plots.append(plot_recall_by_column(results, os.path.join(args.output_dir, "recall_by_column.png")))
+        plot_paths.append(plot_recall_by_column(results, os.path.join(args.output_dir, "recall_by_column.png")))
     if args.perturbations:
-        plots.append(plot_perturbations(results, os.path.join(args.output_dir, "caption_perturbations.png")))
-    return ["results.json", "results.md"] + [os.path.basename(path) for path in plots if path]
+        plot_paths.append(plot_perturbations(results, os.path.join(args.output_dir, "caption_perturbations.png")))
+    return ["results.json", "results.md"] + [os.path.basename(path) for path in plot_paths if path]
+
+
+# features.ImageFiles raises ValueError("cannot read image PATH: REASON"); from a DataLoader worker the message
+# becomes the worker's traceback, whose last such line is the original
+_UNREADABLE_IMAGE = re.compile(r"cannot read image (.+)")
+
+
+def unreadable_image(error: BaseException) -> Optional[str]:
+    """'PATH: REASON' of an image that could not be decoded during encoding, or None for any other error."""
+    found = _UNREADABLE_IMAGE.findall(str(error)) if isinstance(error, ValueError) else []
+    return found[-1].strip() if found else None
+
+
+def save_finished(args, models: List[dict], results: List[dict], pending: Sequence[str]) -> None:
+    """The finished results on disk before a stop propagates; a failure to write them is reported, not raised,
+    so that it does not hide the error that stopped the run."""
+    try:
+        write_outputs(args, models, results, pending, plots=bool(results))
+    except Exception as error:  # noqa: BLE001  (the original error follows)
+        print(f"warning: could not save the finished results in {args.output_dir}: {error}", file=sys.stderr)
 
 
 def preflight(args) -> Tuple[List[ModelSpec], List[SelectedBenchmark]]:
-    """Every model spec, checkpoint path and benchmark, checked before the first model runs."""
+    """Every model spec, checkpoint path and benchmark, and the output folder, checked before the first model
+    runs (the folder last: it is created, and a run refused for another reason leaves none behind)."""
     specs = [parse_model_spec(s) for s in args.model_specs]
     for spec in specs:
         check_model_spec(spec)
-    return specs, load_benchmarks(args)
+    selected = load_benchmarks(args)
+    check_output_dir(args.output_dir)
+    return specs, selected
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
@@ -365,14 +395,27 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         raise SystemExit(2) from error
     models, results = [], []
     for index, spec in enumerate(specs):
-        loaded = load_model(spec, args.device, args.seed)
-        models.append({"model": spec.spec, "model_name": spec.name, "checkpoint": _checkpoint_of(spec),
-                       "context_length": loaded.context_length,
-                       "num_parameters": sum(p.numel() for p in loaded.model.parameters())})
-        for selected in selected_benchmarks:
-            print(f"evaluating {spec.spec} on {selected.benchmark.name}", file=sys.stderr)
-            results.append(evaluate_model(loaded, selected, args))
-            print(format_card(results[-1]["protocol_card"], spec.spec))
+        pending = [s.spec for s in specs[index:]]
+        selected = None
+        try:
+            loaded = load_model(spec, args.device, args.seed)
+            models.append({"model": spec.spec, "model_name": spec.name, "checkpoint": _checkpoint_of(spec),
+                           "context_length": loaded.context_length,
+                           "num_parameters": sum(p.numel() for p in loaded.model.parameters())})
+            for selected in selected_benchmarks:
+                print(f"evaluating {spec.spec} on {selected.benchmark.name}", file=sys.stderr)
+                results.append(evaluate_model(loaded, selected, args))
+                print(format_card(results[-1]["protocol_card"], spec.spec))
+                write_outputs(args, models, results, pending, plots=False)
+        except BaseException as error:  # a crash or Ctrl-C: the finished results first, then the error
+            save_finished(args, models, results, pending)
+            image = unreadable_image(error)
+            if image is None or selected is None:
+                raise
+            print(f"error: {selected.benchmark.name} ({selected.source}): cannot read image {image}; replace the "
+                  f"file and run again ({len(results)} finished result(s) saved in "
+                  f"{os.path.join(args.output_dir, 'results.json')})", file=sys.stderr)
+            raise SystemExit(2) from None
         del loaded  # free the model's memory before the next one is built
         if torch.device(args.device).type == "cuda":
             torch.cuda.empty_cache()

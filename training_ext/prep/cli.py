@@ -2,7 +2,7 @@
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from training_ext.prep.shard_writer import PackResult, pack_shards, skipped_path, stats_path
 from training_ext.prep.sources import MISSING_POLICIES, Sample
@@ -14,9 +14,10 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_missing_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--missing", choices=MISSING_POLICIES, default="drop",
-                        help="what to do with rows whose image does not exist: drop them from the output, keep "
-                             "them, or stop with an error. Missing images are always counted and listed in a "
-                             "file (default: drop)")
+                        help="what to do with rows whose image does not exist or is not an image (its first "
+                             "bytes are neither a common image format's nor a file PIL can open, e.g. an HTML "
+                             "page saved as .jpg): drop them from the output, keep them, or stop with an error. "
+                             "Such images are always counted and listed in files (default: drop)")
 
 
 def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,16 @@ def print_pack_summary(result: PackResult) -> None:
     if result.stale_shards:
         warn(f"{len(result.stale_shards)} shard files beyond the end of this input are left from an earlier "
              f"run and are not counted: {result.stale_shards[:3]}...")
+
+
+def run_main(main: Callable) -> None:
+    """A script's ``__main__``: the errors that name a bad input file or row (ValueError: not UTF-8, not JSON, a
+    malformed row; OSError: a missing file, --missing error) as one ``error:`` line and exit status 1, no
+    traceback."""
+    try:
+        main()
+    except (ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
 
 
 def warn(message: str) -> None:

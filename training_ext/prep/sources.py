@@ -6,7 +6,8 @@ Three on-disk layouts are read:
 - a train-CLIP style folder, paired by ``training_ext.common.folder_pairs`` (shared with folder-dataset training);
 - a COCO-style caption annotation file: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}.
 
-Images are not opened here: the shard writer reads them, so a missing image is found and reported there.
+Images are not decoded here: the shard writer reads them, so a missing or undecodable image is found and reported
+there; ``check_images_exist`` (the CSV-only scripts' check) reads each file's first bytes.
 """
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from training_ext.common.captions import clean_caption, first_sentence
 from training_ext.common.csv_table import image_base, read_csv_table, resolve_image_path
 from training_ext.common.file_io import write_lines, write_tsv
+from training_ext.common.image_files import MISSING, image_file_problem
 from training_ext.common.text_files import read_json
 from training_ext.common.folder_pairs import FolderPairs, read_caption_lines
 from training_ext.data.keyed_captions import csv_row_key
@@ -74,22 +76,37 @@ def resolve_path(path: str, root: Optional[str]) -> str:
 MISSING_POLICIES = ("drop", "keep", "error")
 
 
-def check_images_exist(paths: Sequence[str], list_path: str, policy: str = "drop",
-                       progress: bool = False) -> List[str]:
-    """The paths (first occurrence order, no repeats) that are not files; always written to `list_path`
-    (empty when none is missing) so that a missing image is reported, never silently dropped.
-    `policy="error"` raises when any is missing; what `drop` or `keep` does is the caller's."""
+def check_images_exist(paths: Sequence[str], list_path: str, policy: str = "drop", progress: bool = False,
+                       unreadable_path: Optional[str] = None) -> Dict[str, str]:
+    """{path: why} for the paths (first occurrence order, no repeats) that are not files ("missing") and, with
+    `unreadable_path`, those that do not start like an image (``training_ext.common.image_files``: an HTML page
+    saved as .jpg, an empty file, a folder; a read of the first bytes each). The missing ones are written to
+    `list_path` (a path a line), the others to `unreadable_path` (path, reason); both are always written (empty
+    when none), so a bad image is reported, never silently dropped. Image data past the header is not checked.
+    `policy="error"` raises FileNotFoundError when any is found; what `drop` or `keep` does is the caller's."""
     from tqdm import tqdm
 
     if policy not in MISSING_POLICIES:
         raise ValueError(f"missing-image policy must be one of {MISSING_POLICIES}, got {policy!r}")
     unique = list(dict.fromkeys(paths))
-    missing = [path for path in tqdm(unique, desc="checking images", unit=" images", disable=not progress)
-               if not os.path.isfile(path)]
-    write_lines(list_path, missing)
-    if missing and policy == "error":
-        raise FileNotFoundError(f"{len(missing)} image(s) missing (listed in {list_path}), e.g. {missing[0]}")
-    return missing
+
+    def problem(path: str) -> Optional[str]:
+        if unreadable_path is not None:
+            return image_file_problem(path)
+        return None if os.path.isfile(path) else MISSING
+
+    problems = {path: why for path in tqdm(unique, desc="checking images", unit=" images", disable=not progress)
+                if (why := problem(path)) is not None}
+    write_lines(list_path, [path for path, why in problems.items() if why == MISSING])
+    if unreadable_path is not None:
+        write_tsv(unreadable_path, ("path", "reason"),
+                  ([path, why] for path, why in problems.items() if why != MISSING))
+    if problems and policy == "error":
+        path, why = next(iter(problems.items()))
+        lists = list_path + (f" and {unreadable_path}" if unreadable_path else "")
+        raise FileNotFoundError(f"{len(problems)} image(s) missing or not images (listed in {lists}), e.g. "
+                                f"{path}: {why}")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------- CSV

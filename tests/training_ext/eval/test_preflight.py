@@ -4,25 +4,11 @@ import json
 
 import pytest
 
-from training_ext.eval import runner
 from training_ext.eval.runner import main
 
 from support.benchmark_fixtures import make_docci, make_urban1k
 
 COMMON = ["--workers", "0", "--no-progress", "--device", "cpu"]
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """The model specs runner.load_model was called with, in order."""
-    calls, real = [], runner.load_model
-
-    def recording(spec, *args):
-        calls.append(spec.spec)
-        return real(spec, *args)
-
-    monkeypatch.setattr(runner, "load_model", recording)
-    return calls
 
 
 def test_missing_checkpoint_stops_before_any_model_runs(tmp_path, capsys, loads):
@@ -40,11 +26,11 @@ def test_missing_checkpoint_stops_before_any_model_runs(tmp_path, capsys, loads)
 def test_unknown_model_and_bad_benchmark_stop_with_an_error_line(tmp_path, capsys, loads):
     root, _ = make_urban1k(str(tmp_path / "urban"), count=4)
     with pytest.raises(SystemExit) as exit_info:
-        main(["--model", "tiny-clip", "--model", "tiny-clip-rope-284", "--urban1k", root,
+        main(["--model", "tiny-clip", "--model", "tiny-clp-rope-284", "--urban1k", root,
               "--output-dir", str(tmp_path / "out"), *COMMON])
     assert exit_info.value.code == 2
-    assert "error: --model tiny-clip-rope-284: 'tiny-clip-rope-284' is not an open_clip model (did you mean " \
-           "tiny-clip-rope-248" in capsys.readouterr().err
+    assert "error: --model tiny-clp-rope-284: Unknown model config 'tiny-clp-rope-284': no base config 'tiny-clp' " \
+           "for a rope variant. Close matches: tiny-clip" in capsys.readouterr().err
     docci, _, _ = make_docci(str(tmp_path / "d"))
     with open(f"{docci}/docci_descriptions.jsonlines", "a") as f:
         f.write("{broken\n")

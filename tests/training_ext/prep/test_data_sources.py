@@ -109,7 +109,7 @@ def test_check_images_exist_lists_each_missing_image_once(tmp_path):
     gone = str(tmp_path / "gone.jpg")
     list_path = tmp_path / "missing.txt"
 
-    assert check_images_exist([present, gone, gone], str(list_path)) == [gone]
+    assert check_images_exist([present, gone, gone], str(list_path)) == {gone: "missing"}
     assert list_path.read_text().splitlines() == [gone]
     with pytest.raises(FileNotFoundError, match="1 image"):
         check_images_exist([present, gone], str(list_path), policy="error")
