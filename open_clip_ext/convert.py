@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from open_clip.model import convert_to_custom_text_state_dict
+from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed
 from open_clip.transformer import QuickGELU
 
 import open_clip.factory
@@ -130,9 +130,14 @@ def longclip_position_tables(tower: LongCLIPTextTransformer, state_dict: Dict[st
 
 
 def convert_state_dict(model, state_dict: Dict[str, torch.Tensor], path="<state_dict>") -> Dict[str, torch.Tensor]:
-    """Map a checkpoint onto ``model``'s keys; raise CheckpointError naming every misfit key and shape."""
+    """Map a checkpoint onto ``model``'s keys; raise CheckpointError naming every misfit key and shape. Image
+    positions saved for another grid are resized to the model's by ``open_clip.model.resize_pos_embed`` (bicubic,
+    as open_clip loads stock weights under ``force_image_size``)."""
     state_dict = to_custom_text_layout(state_dict)
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(DISTILL_TARGET_MAP + ".")}
+    # a vision tower built at another image size (--force-image-size) gets the image positions interpolated to its
+    # grid, as open_clip.factory.load_checkpoint does for stock models (in place, on this function's own copy)
+    resize_pos_embed(state_dict, model)
     if isinstance(model.text, LongCLIPTextTransformer):
         state_dict = longclip_position_tables(model.text, state_dict, path)
     target = model.state_dict()

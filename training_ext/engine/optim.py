@@ -24,8 +24,10 @@ def create_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
             extra["betas"] = (args.beta1, args.beta2)
         if args.momentum is not None:
             extra["momentum"] = args.momentum
-        return create_optimizer_v2([p for _, p in trainable], opt[len("timm/"):], lr=args.lr, weight_decay=args.wd,
-                                   eps=args.eps, **extra)
+        # the model, as open_clip_train passes it: timm then leaves 1-d weights, biases and the model's
+        # no_weight_decay() names out of weight decay, and frozen parameters out of the optimizer
+        return create_optimizer_v2(model, opt[len("timm/"):], lr=args.lr, weight_decay=args.wd, eps=args.eps,
+                                   **extra)
     if opt != "adamw":
         raise ValueError(f"unknown optimizer {args.opt!r}: use adamw or timm/<name>")
     groups = [

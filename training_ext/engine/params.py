@@ -8,7 +8,8 @@ its model-dependent optimizer defaults); TULIP's open_clip/training/params.py (g
 ``parse_args`` in order: argparse (nothing heavy is imported: ``--help`` prints here) -> checks of flag values
 -> the stage translates TULIP's form into this project's namespace -> open_clip_train's optimizer defaults for
 the final ``--model`` -> open_clip_train flags this engine does not honour are refused (``FLAG_POLICY``) -> the
-stage's checks of models, files and loggers (``training_ext.engine.preflight``, which imports open_clip). A
+stage's checks of models, files and loggers (``training_ext.engine.preflight``, which imports open_clip) -> flags
+that would do nothing with the others given (``check_flag_combinations``). A
 mistake is one ``<prog>: error: ...`` line on stderr and exit status 2, as argparse reports its own.
 
 This module imports neither torch nor open_clip: it is what ``--help`` runs.
@@ -109,7 +110,9 @@ FLAG_POLICY: Dict[str, object] = {
     "--save-most-recent": HONOURED,  # always on: epoch_latest.pt is rewritten at every save
     "--val-frequency": HONOURED, "--resume": HONOURED, "--precision": HONOURED, "--model": HONOURED,
     "--pretrained": HONOURED,
-    "--pretrained-image": {"distill": _TEACHER_IMAGE, "finetune": HONOURED},
+    "--pretrained-image": {"distill": _TEACHER_IMAGE,
+                           "finetune": ("it loads timm's ImageNet weights into a timm image tower (open_clip asserts "
+                                        "on any other); stage 2's image tower comes from --pretrained")},
     "--lock-image": {"distill": _TEXT_ONLY, "finetune": HONOURED},
     "--lock-image-unlocked-groups": {"distill": _TEXT_ONLY, "finetune": HONOURED},
     "--lock-image-freeze-bn-stats": {"distill": _TEXT_ONLY, "finetune": HONOURED},
@@ -125,7 +128,9 @@ FLAG_POLICY: Dict[str, object] = {
     "--force-image-size": {"distill": _TEACHER_IMAGE, "finetune": HONOURED},
     "--force-quick-gelu": HONOURED,
     "--force-patch-dropout": {"distill": _TEACHER_IMAGE, "finetune": HONOURED},
-    "--force-custom-text": HONOURED,
+    "--force-custom-text": {"distill": ("the student's RoPE/CoPE text tower is always built as open_clip's "
+                                        "CustomTextCLIP (the teacher keeps its own layout)"),
+                            "finetune": HONOURED},
     "--torchscript": "torch.jit.script is an inference option and cannot be used for training",
     "--torchcompile": HONOURED,  # CoPE towers are refused in engine.preflight (compiling CoPE is not ready)
     "--trace": "torch.jit.trace is an inference option and cannot be used for training",
@@ -137,6 +142,7 @@ FLAG_POLICY: Dict[str, object] = {
     "--grad-clip-norm": HONOURED,
     "--lock-text": {"distill": _TEXT_ONLY, "finetune": HONOURED},
     "--lock-text-unlocked-layers": {"distill": _TEXT_ONLY, "finetune": HONOURED},
+    # always on: open_clip 3.3 locks LayerNorms with the other text weights (its lock asserts on anything else)
     "--lock-text-freeze-layer-norm": {"distill": _TEXT_ONLY, "finetune": HONOURED},
     "--log-every-n-steps": HONOURED,
     "--coca-caption-loss-weight": _COCA, "--coca-contrastive-loss-weight": _COCA,
@@ -310,6 +316,48 @@ def apply_optimizer_defaults(args: argparse.Namespace) -> None:
                 setattr(args, name, value)
 
 
+def check_flag_combinations(args: argparse.Namespace, stage: StageFlags) -> None:
+    """Refuse flags that would do nothing, or fail once training starts, with the others given (``stage.error``):
+    --train-data-upsampling-factors only with
+    --dataset-resampled (open_clip_train's rule), one factor per '::' source; --dataset-resampled and a
+    --val-num-samples cut only where the data is read as a webdataset / a map-style dataset; --train-num-samples
+    at least one step's samples (--batch-size x --accum-freq x processes); --momentum only for a timm optimizer,
+    which takes --beta1 and --beta2 together (open_clip_train's rules: AdamW has no momentum argument)."""
+    timm = args.opt.lower().startswith("timm/")
+    if args.momentum is not None and not timm:
+        stage.error(f"--momentum is an argument of timm optimizers (--opt timm/sgd, ...); --opt {args.opt} has none "
+                    "(AdamW's moment decays are --beta1 / --beta2)")
+    if timm and (args.beta1 is None) != (args.beta2 is None):
+        stage.error("a timm optimizer takes --beta1 and --beta2 together (open_clip_train's rule): give both or "
+                    "neither")
+    from open_clip_train.data import expand_urls  # after the stage's checks, which import open_clip anyway
+    from training_ext.data.loaders import dataset_type
+    if args.train_data_upsampling_factors is not None:
+        if not args.dataset_resampled:
+            # open_clip_train's own words (its get_wds_dataset asserts them once the data is built)
+            stage.error("--train-data-upsampling-factors is only supported when sampling with replacement (with "
+                        "--dataset-resampled); add --dataset-resampled or drop the factors")
+        try:
+            expand_urls(args.train_data, args.train_data_upsampling_factors)
+        except (AssertionError, ValueError) as problem:
+            stage.error(f"--train-data-upsampling-factors {args.train_data_upsampling_factors} for --train-data "
+                        f"{args.train_data}: {problem} (one number per '::'-separated source)")
+    train_kind = dataset_type(args, args.train_data) if args.train_data or args.dataset_type != "auto" else None
+    if args.dataset_resampled and train_kind != "webdataset":
+        stage.error(f"--dataset-resampled samples webdataset shards with replacement; --train-data is "
+                    f"{train_kind or 'not given'} data, whose epochs are seeded permutations of its samples (drop "
+                    f"the flag; --train-num-samples sets how many samples an epoch draws)")
+    if args.train_num_samples is not None:
+        step = args.batch_size * args.accum_freq * world_size_from_env()
+        if args.train_num_samples < step:
+            stage.error(f"--train-num-samples {args.train_num_samples} is fewer than one step's samples (--batch-size "
+                        f"{args.batch_size} x --accum-freq {args.accum_freq} x {world_size_from_env()} process(es) "
+                        f"= {step}): an epoch would train no step")
+    if args.val_num_samples is not None and args.val_data and dataset_type(args, args.val_data) == "webdataset":
+        stage.error("--val-num-samples cuts CSV, folder and synthetic validation data to its first N samples; "
+                    "webdataset validation reads every sample of --val-data: give fewer shards instead")
+
+
 def parse_args(argv: Optional[Sequence[str]], stage: StageFlags) -> argparse.Namespace:
     """Parse and check the flags of one stage into a single open_clip_train-style namespace (``args.stage`` is the
     stage's name, ``args.flag_notes`` what translation and defaults decided, logged when the run starts)."""
@@ -320,6 +368,7 @@ def parse_args(argv: Optional[Sequence[str]], stage: StageFlags) -> argparse.Nam
         stage.error(unknown_flag_message(unknown, parser, stage))
     args.stage = stage.name
     args.flag_notes = []
+    args.command_flags = list(argv)  # as given (TULIP's form included): a stop on SIGTERM prints them to resume
     if args.accum_freq < 1:
         stage.error(f"--accum-freq must be >= 1, got {args.accum_freq}")
     if args.save_every_n_steps < 0:
@@ -329,6 +378,7 @@ def parse_args(argv: Optional[Sequence[str]], stage: StageFlags) -> argparse.Nam
     apply_optimizer_defaults(args)
     refuse_unhonoured_flags(args, parser, stage)
     stage.check_run(args)
+    check_flag_combinations(args, stage)
     return args
 
 

@@ -354,3 +354,31 @@ def test_parser_is_open_clip_trains_own():
     parser = params.build_parser(main_distill_rope.FLAGS)
     theirs = _open_clip_train_flags()
     assert set(theirs) <= set(parser._option_string_actions)
+
+
+def test_flags_that_would_do_nothing_are_refused_at_parsing(capsys, data, monkeypatch):
+    """open_clip_train's own rules and flags that cannot act on the data given: one error line each, both stages."""
+    from support.shard_fixtures import write_shard
+    shards = "::".join(write_shard(str(data["tmp"] / f"{name}.tar"), [(f"{name}0", {"txt": b"a caption."})])
+                       for name in "ab")
+    wds = ["--train-data", shards, "--dataset-type", "webdataset", "--train-num-samples", "8", "--batch-size", "4"]
+    for parse, argv in ((main_distill_rope.parse_args, _stage1), (main_context_finetune_rope.parse_args, _stage2)):
+        message = _error(capsys, parse, argv(data, *wds, "--train-data-upsampling-factors", "1::2"))
+        assert message.startswith("--train-data-upsampling-factors is only supported when sampling with replacement "
+                                  "(with --dataset-resampled)")
+        assert parse(argv(data, *wds, "--dataset-resampled", "--train-data-upsampling-factors", "1::2"))
+        message = _error(capsys, parse, argv(data, *wds, "--dataset-resampled", "--train-data-upsampling-factors",
+                                             "1::2::3"))
+        assert "(2) and weights(3)" in message and "one number per '::'-separated source" in message
+        message = _error(capsys, parse, argv(data, "--dataset-resampled"))
+        assert message.startswith("--dataset-resampled samples webdataset shards with replacement")
+        assert "an epoch would train no step" in _error(capsys, parse, argv(data, "--train-num-samples", "3"))
+        assert "--momentum is an argument of timm optimizers" in _error(capsys, parse, argv(data, "--momentum", "0.9"))
+        message = _error(capsys, parse, argv(data, "--opt", "timm/adamw", "--beta1", "0.9"))
+        assert "--beta1 and --beta2 together" in message
+        message = _error(capsys, parse, argv(data, "--val-data", shards, "--val-num-samples", "4"))
+        assert "webdataset validation reads every sample" in message
+    message = _error(capsys, main_context_finetune_rope.parse_args, _stage2(data, "--pretrained-image"))
+    assert "timm's ImageNet weights" in message
+    message = _error(capsys, main_distill_rope.parse_args, _stage1(data, "--force-custom-text"))
+    assert "always built as open_clip's CustomTextCLIP" in message
