@@ -21,18 +21,25 @@ COPE_SCALES = ("tulip", "paper")
 
 
 class RelPosAttention(nn.Module):
-    """Causal multi-head self-attention whose only notion of order is RoPE or CoPE.
+    """Multi-head self-attention whose only notion of order is RoPE or CoPE; causal unless ``causal=False``.
 
-    position='rope': q and k (not v) are rotated, then ``F.scaled_dot_product_attention`` with a causal mask.
+    position='rope': q and k (not v) are rotated, then ``F.scaled_dot_product_attention`` with a causal mask, or
+      with none (``causal=False``: every query attends to every key, padding included, as a stock bidirectional
+      tower such as SigLIP's does).
     position='cope': logits are computed explicitly since CoPE's positions are a function of them.
       cope_scale='tulip' reproduces TULIP's released weights: q is scaled by 1/sqrt(d) before the product and
       the product again by 1/sqrt(d) (1/d overall), and the CoPE table is read with the scaled q;
-      cope_scale='paper' is the CoPE paper's 1/sqrt(d) with the table read by the unscaled q.
+      cope_scale='paper' is the CoPE paper's 1/sqrt(d) with the table read by the unscaled q. CoPE is causal only
+      (its gates count the tokens between a key and the query in the past; configs.text_tower_refusal says why).
     """
 
     def __init__(self, width: int, heads: int, position: str, context_length: int,
-                 cope_qk_norm: bool = True, cope_scale: str = "tulip", norm_layer: Callable = nn.LayerNorm):
+                 cope_qk_norm: bool = True, cope_scale: str = "tulip", norm_layer: Callable = nn.LayerNorm,
+                 causal: bool = True):
         super().__init__()
+        if position == "cope" and not causal:
+            raise ValueError("CoPE attention is causal only (its positions count gated tokens in the past)")
+        self.causal = causal
         if width % heads:
             raise ValueError(f"text width {width} is not divisible by {heads} heads")
         if position not in ("rope", "cope"):
@@ -97,13 +104,15 @@ class RelPosAttention(nn.Module):
             k, v = self._project_heads(x, slice(width, None), 2)
             # Keys after the query row are masked, exactly as the causal mask does for that row.
             future = (torch.arange(x.shape[1], device=x.device) > query_rows[:, None])[:, None, None, :]
+            if not self.causal:
+                future = None
         if self.position == "rope":
             k = rotary(k)
             if query_rows is None:
-                out = F.scaled_dot_product_attention(rotary(q), k, v, is_causal=True)
+                out = F.scaled_dot_product_attention(rotary(q), k, v, is_causal=self.causal)
             else:
                 out = F.scaled_dot_product_attention(rotary(q, x.shape[1], positions=query_rows), k, v,
-                                                     attn_mask=~future)
+                                                     attn_mask=None if future is None else ~future)
         else:
             out = self._cope_attention(q, k, v, None if query_rows is None else future)
         out = self.out_proj(out.transpose(1, 2).flatten(2))
@@ -115,10 +124,12 @@ class RelPosResidualBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, position: str, context_length: int, mlp_ratio: float = 4.0,
                  ls_init_value: Optional[float] = None, act_layer: Callable = nn.GELU,
-                 norm_layer: Callable = nn.LayerNorm, cope_qk_norm: bool = True, cope_scale: str = "tulip"):
+                 norm_layer: Callable = nn.LayerNorm, cope_qk_norm: bool = True, cope_scale: str = "tulip",
+                 causal: bool = True):
         super().__init__()
         self.ln_1 = norm_layer(width)
-        self.attn = RelPosAttention(width, heads, position, context_length, cope_qk_norm, cope_scale, norm_layer)
+        self.attn = RelPosAttention(width, heads, position, context_length, cope_qk_norm, cope_scale, norm_layer,
+                                    causal)
         self.ls_1 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
         self.ln_2 = norm_layer(width)
         hidden = int(width * mlp_ratio)

@@ -54,16 +54,20 @@ _UNSUPPORTED_TEXT = {
     "hf_model_name": (None, "Hugging Face text tower (text_cfg.hf_model_name): its positions are the HF model's"),
     "embed_cls": (False, "class-token text tower (text_cfg.embed_cls)"),
     "cls_emb": (None, "class-token text tower (text_cfg.cls_emb)"),
-    "no_causal_mask": (False, "not yet supported: bidirectional text tower (text_cfg.no_causal_mask)"),
 }
+# CoPE's position of key j for a query is the count of gated tokens between them in the causal past; without the
+# mask there is no such count (a key after the query lies nowhere on that scale), and neither the CoPE paper nor
+# TULIP defines a two-sided one or has weights for it.
+_COPE_BIDIRECTIONAL = ("CoPE is causal only (its positions count gated tokens before the query) and this text "
+                       "tower is bidirectional (text_cfg.no_causal_mask); use rope, longclip or uniform")
 # Model-level keys of configs whose text tower open_clip builds inside another model class.
 _UNSUPPORTED_MODEL = {"multimodal_cfg": "CoCa (captioning decoder on the text tower; multimodal_cfg)"}
 POOL_TYPES = ("argmax", "eos", "last")
 _NOT_A_STOCK_KEY = object()
 # Stock text keys the relative-position tower honours; any other non-default stock key refuses rope/cope.
 RELPOS_HONOURED = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
-                   "pool_type", "eos_id", "proj_bias", "output_tokens", "act_kwargs", "norm_kwargs", "pad_id",
-                   "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs", "proj_type"}
+                   "pool_type", "eos_id", "no_causal_mask", "proj_bias", "output_tokens", "act_kwargs",
+                   "norm_kwargs", "pad_id", "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs", "proj_type"}
 # Loose `<base>-<word>-<digits>`: tells a misspelt kind ('ViT-B-16-rop-248') from an unknown name.
 _LOOSE_VARIANT_NAME = re.compile(r"^(?P<base>.+)-(?P<position>[A-Za-z]+)-(?P<context>\d+)$")
 
@@ -97,6 +101,8 @@ def text_tower_refusal(cfg: dict, position: str) -> Optional[str]:
     for key, (stock_value, reason) in _UNSUPPORTED_TEXT.items():
         if text_cfg.get(key, stock_value) != stock_value:
             return reason
+    if text_cfg.get("no_causal_mask") and position == "cope":
+        return _COPE_BIDIRECTIONAL
     if text_cfg.get("pool_type", "argmax") not in POOL_TYPES:
         return f"text pool_type {text_cfg['pool_type']!r} (supported: {', '.join(POOL_TYPES)})"
     if position in RELATIVE_POSITION_TYPES:

@@ -49,7 +49,10 @@ class LongCLIPTextTransformer(TextTransformer):
 
     The embedding added at position p is ``positional_embedding[p]`` for p < keep_positions and
     ``positional_embedding_res[p]`` otherwise (Long-CLIP's ``pe * mask1 + pe_res * mask2``). Inputs shorter than
-    the context work (the causal mask is cut to the input length), as in the relative-position towers.
+    the context work (the causal mask is cut to the input length), as in the relative-position towers. A
+    bidirectional base (``no_causal_mask``: SigLIP, CLIPA, MobileCLIP-S) keeps its attention (no mask, padding
+    attended to) and its pooling ('last': the input's last column, a padding column for a caption shorter than
+    the context, as in the base), both open_clip's own code.
     """
 
     def __init__(self, *args, keep_positions: int = LONGCLIP_KEEP_POSITIONS, **kwargs):

@@ -1,8 +1,21 @@
 """The CLIP text tower with relative positions: stock CLIP minus the absolute positional embedding.
 
-Token embedding -> N relative-position blocks (causal) -> ln_final -> pool at the end token -> text_projection.
+Token embedding -> N relative-position blocks -> ln_final -> pool -> text_projection.
 Causal attention plus end-token pooling make everything after the end token irrelevant, so a 77-token batch fed
 to a 248-token model gives the same features as the same captions padded to 248.
+
+Bidirectional bases (``no_causal_mask``: SigLIP, SigLIP 2, CLIPA, MobileCLIP-S1/2) keep their attention: no mask
+at all, so every token, padding included, attends to every other, as in the base (none of open_clip's bidirectional
+configs masks padding). There the padding is part of the input: a caption's features depend on how many padding
+columns follow it, and a shorter input is not the same as a padded one (``tokens.trims_padding_exactly`` is False).
+
+'last' pooling (SigLIP, SigLIP 2, CLIPA) reads the last column of the input, the new context's last position at
+the variant's length (column 247 at 248 tokens), exactly as open_clip's ``text_global_pool`` does for the uniform
+and Long-CLIP variants of the same base. For a caption shorter than the context that column is padding, as it is
+in the base (column 63 of SigLIP's 64 holds padding for any caption shorter than 64 tokens): the pooled row stays
+a padding row that attends to the caption, for every caption the variant reads in full. The alternative, pooling
+the column the base pooled (63), would keep the base's distance from that row to the caption's tokens but would
+pool a caption word for every caption longer than the base's context, a row the base's projection never read.
 """
 from typing import Callable, Dict, List, Optional, Union
 
@@ -23,14 +36,14 @@ class RelPosTransformer(nn.Module):
 
     def __init__(self, width: int, layers: int, heads: int, position: str, context_length: int,
                  rope_theta: float, mlp_ratio: float, ls_init_value: Optional[float], act_layer: Callable,
-                 norm_layer: Callable, cope_qk_norm: bool, cope_scale: str):
+                 norm_layer: Callable, cope_qk_norm: bool, cope_scale: str, causal: bool = True):
         super().__init__()
         self.width = width
         self.layers = layers
         self.grad_checkpointing = False
         self.resblocks = nn.ModuleList([
             RelPosResidualBlock(width, heads, position, context_length, mlp_ratio, ls_init_value, act_layer,
-                                norm_layer, cope_qk_norm, cope_scale)
+                                norm_layer, cope_qk_norm, cope_scale, causal)
             for _ in range(layers)
         ])
         self.rotary = RotaryEmbedding(width // heads, context_length, rope_theta) if position == "rope" else None
@@ -54,11 +67,11 @@ class RelPosTransformer(nn.Module):
 class RelPosTextTransformer(nn.Module):
     """Drop-in replacement for ``open_clip.transformer.TextTransformer`` with RoPE or CoPE positions.
 
-    ``pool_type`` / ``eos_id`` as open_clip's ``CLIPTextCfg`` (eos_id default 2, read only by 'eos' pooling): the
-    end id is the tokenizer's, not CLIP's.
+    ``pool_type`` / ``eos_id`` / ``no_causal_mask`` as open_clip's ``CLIPTextCfg`` (eos_id default 2, read only by
+    'eos' pooling: the end id is the tokenizer's, not CLIP's; ``no_causal_mask=True``: bidirectional attention
+    over the whole input, padding included, RoPE only). 'last' pooling reads the input's last column (the module
+    docstring says why that column at a longer context).
     """
-
-    causal = True  # every block masks future keys (tokens.trims_padding_exactly reads it)
 
     def __init__(
             self,
@@ -78,6 +91,7 @@ class RelPosTextTransformer(nn.Module):
             cope_scale: str = "tulip",
             pool_type: str = "argmax",
             eos_id: int = 2,
+            no_causal_mask: bool = False,
             proj_bias: bool = False,
             output_tokens: bool = False,
             act_layer: Callable = nn.GELU,
@@ -86,9 +100,11 @@ class RelPosTextTransformer(nn.Module):
         super().__init__()
         if pool_type not in ("argmax", "eos", "last"):
             raise ValueError(f"pool_type {pool_type!r} is not supported by the relative-position text tower")
+        # Whether every block masks future keys (tokens.trims_padding_exactly reads it).
+        self.causal = not no_causal_mask
         self.output_tokens = output_tokens
-        # Without token outputs only the pooled row of the last block is read, and causal attention lets that row
-        # be computed alone (all keys, one query, one MLP row per caption): same features, less work.
+        # Without token outputs only the pooled row of the last block is read, and that row can be computed alone
+        # (all keys, one query, one MLP row per caption), causal or not: same features, less work.
         self.last_block_at_pooled_rows = True
         self.context_length = self.num_pos = context_length
         self.vocab_size = vocab_size
@@ -114,7 +130,8 @@ class RelPosTextTransformer(nn.Module):
 
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.transformer = RelPosTransformer(width, layers, heads, position, context_length, rope_theta, mlp_ratio,
-                                             ls_init_value, act_layer, norm_layer, cope_qk_norm, cope_scale)
+                                             ls_init_value, act_layer, norm_layer, cope_qk_norm, cope_scale,
+                                             self.causal)
         self.ln_final = norm_layer(width)
         if not output_dim:
             self.text_projection = None

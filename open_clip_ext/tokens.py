@@ -208,6 +208,8 @@ def trims_padding_exactly(model) -> bool:
     """True when dropping the columns after the batch's last pooled row leaves ``model``'s text features unchanged
     (up to rounding): the tower accepts input shorter than its context (no absolute position table), attends
     causally, returns no token outputs, and pools at an end token ('argmax', or 'eos' with its ``eos_id`` set).
+    A bidirectional tower (``no_causal_mask``: SigLIP, SigLIP 2, CLIPA, MobileCLIP-S bases and their variants) is
+    never trimmed: every token attends to the padding after it, so the padding is part of the input.
 
     ``model`` is a CLIP / CustomTextCLIP or a text tower. The one rule the training stages and evaluation share.
     """

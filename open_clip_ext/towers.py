@@ -53,6 +53,7 @@ def build_relpos_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = F
         position=position,
         pool_type=stock.pool_type,
         eos_id=stock.eos_id,
+        no_causal_mask=stock.no_causal_mask,
         proj_bias=stock.proj_bias,
         output_tokens=stock.output_tokens,
         act_layer=act_layer,

@@ -44,12 +44,14 @@ def relpos_config(model, pad_token_id: int) -> RelPosCLIPTextConfig:
     """The ``RelPosCLIPTextConfig`` of an open_clip model with a RoPE / CoPE text tower.
 
     Raises:
-        ExportError: the text tower is not a ``RelPosTextTransformer`` or has LayerScale.
+        ExportError: the text tower is not a ``RelPosTextTransformer``, has LayerScale or is bidirectional.
     """
     text = getattr(model, "text", None)
     if not isinstance(text, RelPosTextTransformer):
         raise ExportError(f"text tower {type(text).__name__} has no relative positions; export it as a "
                           f"transformers CLIPModel (open_clip_ext.export.export_clip)")
+    if not text.causal:
+        raise ExportError("text tower is bidirectional (no_causal_mask=True); the exported code attends causally")
     fields = hf_text_config(model, pad_token_id)
     position = dict(text.position_config)
     options = {"position_type": position.pop("pos_embed_type"), "pool_type": text.pool_type,

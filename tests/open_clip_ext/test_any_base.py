@@ -57,8 +57,8 @@ UNKNOWN = [
     # (name, what the message must say)
     ("ViT-B-99-rope-248", "no base config 'ViT-B-99' for a rope variant. Close matches: ViT-B-32, ViT-B-16"),
     ("RN50-rop-248", "'rop' is not a variant kind (kinds: rope, cope, longclip, uniform). Close matches: rope."),
-    ("ViT-B-16-SigLIP-rope-248", "Cannot derive 'ViT-B-16-SigLIP-rope-248': ViT-B-16-SigLIP cannot take rope "
-                                 "positions: not yet supported: bidirectional text tower"),
+    ("ViT-B-16-SigLIP-cope-248", "Cannot derive 'ViT-B-16-SigLIP-cope-248': ViT-B-16-SigLIP cannot take cope "
+                                 "positions: CoPE is causal only"),
     ("RN50-rope-64", "context_length 64 is shorter than RN50's 77"),
     ("ViT-B-16-rope-248-cope-300", "ViT-B-16-rope-248 is already a rope variant; derive from its base"),
     ("EVA02-B-61", "Unknown model config 'EVA02-B-61'. Close matches: EVA02-B-16"),
