@@ -24,9 +24,11 @@ import torch
 from tqdm import tqdm
 
 import open_clip_ext  # noqa: F401  (registers this project's configs)
+from open_clip_ext.configs import model_name_problem
 from open_clip_ext.convert import pretrained_uses_quick_gelu
 from training_ext.data.keyed_captions import (KeyedCaption, caption_digest, caption_field_for, csv_captions,
                                         folder_captions, tokenized_batches, webdataset_captions)
+from training_ext.data.shard_checks import ShardsMissingError, shard_listing
 from training_ext.data.skips import TextCheck
 from training_ext.data.teacher_cache import (CacheHeader, TeacherCacheError, TeacherCacheWriter, file_sha256,
                                         teacher_checkpoint_file)
@@ -120,6 +122,10 @@ def autocast_for(precision: str, device: torch.device):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.dataset_type == "webdataset":  # a missing shard stops before the teacher loads (listing kept for reading)
+        shard_listing(args.data, keep=True).check("--data")
+    if model_name_problem(args.teacher_model):  # before the download: an unknown name stops with its close names
+        raise TeacherCacheError(f"--teacher-model {model_name_problem(args.teacher_model)}")
     device = torch.device(args.device)
     checkpoint = teacher_checkpoint_file(args.teacher_model, args.teacher_pretrained, args.cache_dir)
     print(f"hashing {checkpoint}", file=sys.stderr)
@@ -151,7 +157,7 @@ def main(argv=None) -> int:
                 long = teacher.encode_text(long_ids.to(device))
                 short = teacher.encode_text(short_ids.to(device))
             writer.append([r.key for r in batch], [caption_digest(r.caption) for r in batch], long.float(),
-                          short.float())
+                          short.float(), [r.caption for r in batch])  # captions name a refused NaN/inf row
             progress.update(len(batch))
     writer.finish()
     print(f"{writer.rows} samples cached in {args.output} (width {width}, teacher {args.teacher_model})",
@@ -162,5 +168,5 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except TeacherCacheError as error:
+    except (TeacherCacheError, ShardsMissingError) as error:
         raise SystemExit(f"error: {error}")

@@ -21,7 +21,8 @@ from typing import Iterable, Iterator, List, Optional
 from training_ext.common.captions import clean_caption, short_caption_for
 from training_ext.common.csv_table import read_csv_table
 from training_ext.common.folder_pairs import read_folder_captions
-from training_ext.data.shard_checks import ShardFieldCheck, sample_captions
+from training_ext.data.shard_checks import (ShardFieldCheck, TarEndCheck, sample_captions, shard_listing,
+                                            tar_stop_problem)
 from training_ext.data.skips import SHOWN, TextCheck, checked_caption
 
 
@@ -99,39 +100,54 @@ def _split_member_name(name: str):
     return (f"{folder}/{stem}" if folder else stem), (extension if dot else "")
 
 
-def _tar_samples(url: str, wanted: set) -> Iterator[dict]:
+def _tar_samples(url: str, wanted: set, broken: List[str]) -> Iterator[dict]:
     """The samples of one shard as webdataset groups them (consecutive members of one key): {extension: bytes} for
-    the wanted text members, None for the others (image bytes are skipped unread), plus ``__key__``/``__url__``."""
+    the wanted text members, None for the others (image bytes are skipped unread), plus ``__key__``/``__url__``.
+    A shard whose tar stream breaks off (cut short, damaged header: tarfile ends it silently) gives the samples
+    before the break and is named in ``broken``, as training reads it (shard_checks.ShardReader)."""
+    stream = None
     if os.path.isfile(url):
         archive = tarfile.open(url, mode="r:*")  # seekable: skipped members are never read
     else:
         from webdataset import gopen
-        archive = tarfile.open(fileobj=gopen(url, "rb"), mode="r|*")  # pipe: / http(s): streams
-    sample = None
+        stream = TarEndCheck(gopen(url, "rb"))
+        archive = tarfile.open(fileobj=stream, mode="r|*")  # pipe: / http(s): streams
+    sample, samples, problem = None, 0, None
     with archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, extension = _split_member_name(member.name)
-            if sample is None or key != sample["__key__"]:
-                if sample is not None:
-                    yield sample
-                sample = {"__key__": key, "__url__": url}
-            sample[extension] = archive.extractfile(member).read() if extension in wanted else None
+        try:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, extension = _split_member_name(member.name)
+                if sample is None or key != sample["__key__"]:
+                    if sample is not None:
+                        yield sample
+                    sample, samples = {"__key__": key, "__url__": url}, samples + 1
+                sample[extension] = archive.extractfile(member).read() if extension in wanted else None
+        except tarfile.ReadError as error:  # seekable: a member's data runs past the end of the file
+            problem = f"cut short inside a member's data ({error}; an interrupted download or copy?)"
+        else:
+            if stream is not None:
+                problem = stream.problem()
+            else:  # the block where tarfile stopped must be the end-of-archive marker
+                archive.fileobj.seek(archive.offset)
+                problem = tar_stop_problem(archive.fileobj.read(tarfile.BLOCKSIZE), archive.offset)
     if sample is not None:
         yield sample
+    if problem:
+        broken.append(f"{url}: {problem}; it gave {samples} samples before the break")
 
 
 def webdataset_captions(urls: str, short_caption_key: Optional[str] = None,
                         text_check: Optional[TextCheck] = None) -> Iterator[KeyedCaption]:
     """The samples of brace-expanded shards, in shard order, by training's rules: a sample without a usable
     caption (with ``text_check``: also one that holds no text once tokenized) is skipped (and counted), a shard
-    none of whose samples has a ``txt`` member raises ShardFormatError."""
-    from open_clip_train.data import expand_urls
-
+    none of whose samples has a ``txt`` member raises ShardFormatError, a local shard that does not exist
+    ShardsMissingError (before any is read); a shard that breaks off is named in the log with the samples it gave."""
     wanted = {"txt"} | ({short_caption_key} if short_caption_key else set())
-    skipped = []
-    for sample in ShardFieldCheck()(s for url in expand_urls(urls)[0] for s in _tar_samples(url, wanted)):
+    skipped, broken = [], []
+    shards = shard_listing(urls).check("--data").urls
+    for sample in ShardFieldCheck()(s for url in shards for s in _tar_samples(url, wanted, broken)):
         caption, short, reason, detail = sample_captions(sample, short_caption_key, text_check)
         if reason:
             skipped.append(f"{sample['__url__']} sample {sample['__key__']}: {reason}"
@@ -139,6 +155,11 @@ def webdataset_captions(urls: str, short_caption_key: Optional[str] = None,
         else:
             yield keyed_caption(sample["__key__"], caption, short, text_check)
     _report_skipped(urls, skipped)
+    for problem in broken:
+        logging.warning(f"shard {problem}; reading went on with the next shard, as training does")
+    if broken:
+        logging.warning(f"{urls}: {len(broken)} of {len(shards)} shards broke off (cut short or damaged); training "
+                        f"reads them alike, so the cache holds the samples it will read")
 
 
 # ---------------------------------------------------------------------------------------------- folder

@@ -7,27 +7,30 @@ on open_clip_train.data's pieces (shard lists, shuffles, size discovery, DataInf
 decode the image, which is what stage 1 must avoid.
 """
 import io
+import logging
 import math
+import multiprocessing
 import os
 from typing import Callable, Optional
 
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from torch.utils.data.distributed import DistributedSampler
 
 from open_clip_train.data import (
-    DataInfo, ResampledShards2, SharedEpoch, detshuffle2, expand_urls, get_dataset_size, log_and_continue,
+    DataInfo, ResampledShards2, SharedEpoch, detshuffle2, get_dataset_size, log_and_continue,
 )
 
 from training_ext.stages.cached_targets import CachedTextSample, CsvCachedTargets, FolderCachedTargets
 from training_ext.common.captions import first_sentence, short_caption_for
 from training_ext.data.csv_datasets import CsvImageTextDataset, CsvTextDataset
 from training_ext.data.folder import FolderDataset
-from training_ext.data.shard_checks import (EmptyDataError, ShardFieldCheck, StallWatchdog, sample_captions,
-                                            sample_fields)
+from training_ext.data.shard_checks import (EmptyDataError, ShardFieldCheck, ShardReader, StallWatchdog,
+                                            sample_captions, sample_fields, shard_listing)
 from training_ext.data.skips import NO_IMAGE, SkipLog, TextCheck, decode_image
+from training_ext.engine.preemption import ignore_stop_signals
 
 _WDS_SAMPLE_SHUFFLE = (5000, 1000)  # (bufsize, initial): open_clip_train's sample shuffle
 _WDS_SHARD_SHUFFLE = (2000, 500)
@@ -80,10 +83,18 @@ class ResumableDistributedSampler(DistributedSampler):
     Global step j of an epoch trains the permutation's positions [j*G, (j+1)*G) (G = batch x accum x processes;
     process r takes every W-th of them from r), so the samples trained so far are always a prefix of the order, and
     N processes with batch B together see exactly the batches one process with batch N*B sees.
+
+    ``epoch_samples`` (--train-num-samples; default: the dataset's length) is the length of each epoch's order: the
+    first ``epoch_samples`` of successive seeded permutations of the dataset (fewer than its length: a part of it
+    each epoch; more: whole passes and a part). The order's prefixes do not depend on it, so a resume under another
+    --train-num-samples continues the same order.
     """
 
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, epoch_samples: Optional[int] = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.epoch_samples = epoch_samples or len(dataset)
+        self.num_samples = self.epoch_samples // num_replicas  # DistributedSampler's count, over this epoch's order
+        self.total_size = self.num_samples * num_replicas
         self.start_index = 0
 
     def start_at(self, position: int) -> None:
@@ -93,12 +104,14 @@ class ResumableDistributedSampler(DistributedSampler):
     def __iter__(self):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)  # DistributedSampler's order, so older runs resume alike
-        remaining = torch.randperm(len(self.dataset), generator=generator).tolist()[self.start_index:]
+        passes = -(-self.epoch_samples // len(self.dataset))
+        order = torch.cat([torch.randperm(len(self.dataset), generator=generator) for _ in range(passes)])
+        remaining = order[:self.epoch_samples].tolist()[self.start_index:]
         usable = len(remaining) // self.num_replicas * self.num_replicas  # drop_last: every process the same count
         return iter(remaining[self.rank:usable:self.num_replicas])
 
     def __len__(self):
-        return (len(self.dataset) - self.start_index) // self.num_replicas
+        return max(0, self.epoch_samples - self.start_index) // self.num_replicas
 
 
 def collate_readable(batch: list):
@@ -114,7 +127,7 @@ class ReadableBatches(DataLoader):
     counts its positions); validation never does."""
 
     def __init__(self, dataset, yield_empty: bool, **options):
-        super().__init__(dataset, collate_fn=collate_readable, **options)
+        super().__init__(dataset, collate_fn=collate_readable, worker_init_fn=ignore_stop_signals, **options)
         self.yield_empty = yield_empty
 
     def __iter__(self):
@@ -124,7 +137,10 @@ class ReadableBatches(DataLoader):
 
 
 def _map_style_data(dataset: Dataset, args, is_train: bool) -> DataInfo:
-    sampler = ResumableDistributedSampler(dataset, args.world_size, args.rank, args.seed) if is_train else None
+    if not is_train and args.val_num_samples:  # validation on the first N samples, the same ones every time
+        dataset = Subset(dataset, range(min(args.val_num_samples, len(dataset))))
+    sampler = ResumableDistributedSampler(dataset, args.world_size, args.rank, args.seed,
+                                          epoch_samples=args.train_num_samples) if is_train else None
     loader = ReadableBatches(
         dataset, yield_empty=is_train, batch_size=args.batch_size, shuffle=False, sampler=sampler,
         num_workers=args.workers, pin_memory=str(args.device).startswith("cuda"), drop_last=is_train,
@@ -205,17 +221,23 @@ def _not_none(sample) -> bool:
 class _GuardedPipeline(wds.DataPipeline):
     """A DataPipeline whose repeated passes (``with_epoch``) cannot spin forever: webdataset repeats a pass over
     the shards until the epoch's batches are out, so a pass that yields nothing (every sample skipped) would be
-    repeated endlessly without a word. Such a pass raises EmptyDataError instead."""
+    repeated endlessly without a word. Such a pass raises EmptyDataError instead. The batches a worker gives from
+    a second or later pass (samples it already gave this epoch) are counted in ``repeats``, shared with the
+    training process (``_EpochLoader`` reports them)."""
 
     def __init__(self, *stages, where: str, skips: SkipLog):
         super().__init__(*stages)
         self.where, self.skips = where, skips
+        self.repeats = multiprocessing.Value("q", 0)
 
     def iterator(self):
-        for _ in range(self.repetitions):
+        for repetition in range(self.repetitions):
             produced = False
             for item in self.iterator1():
                 produced = True
+                if repetition:
+                    with self.repeats.get_lock():
+                        self.repeats.value += 1
                 yield item
             if not produced and self.repetitions > 1:
                 raise EmptyDataError(f"{self.where}: a whole pass over the shards gave no batch"
@@ -238,12 +260,16 @@ def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int, skips: Skip
     else:
         num_samples = args.val_num_samples or 0
 
-    urls = expand_urls(shards)[0]
+    # one stat per local shard: a missing one stops here (the flag checks already did, keeping the listing); the
+    # sizes are the data's fingerprint (training_ext.data.fingerprint)
+    listing = shard_listing(shards).check("--train-data" if is_train else "--val-data")
+    urls = listing.urls
     # Resampled shards never end a pass, so a stream that skips every sample is stopped by how much it reads
     # without a batch. Good data needs the shuffle's initial fill plus two reads per sample it gives until a batch
     # is out: the limit allows that with three in four samples skipped.
     sample_limit = 2 * (_WDS_SAMPLE_SHUFFLE[1] + 4 * args.batch_size)
     watchdog = StallWatchdog(shards, sample_limit, sample_limit + 2 * len(urls), skips)
+    reader = ShardReader(skips, handler=log_and_continue)
     if resampled:
         pipeline = [ResampledShards2(shards, weights=args.train_data_upsampling_factors, deterministic=True,
                                      epoch=shared_epoch)]
@@ -253,13 +279,13 @@ def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int, skips: Skip
         if not resampled:
             pipeline += [detshuffle2(bufsize=_WDS_SHARD_SHUFFLE[0], initial=_WDS_SHARD_SHUFFLE[1], seed=args.seed,
                                      epoch=shared_epoch), wds.split_by_node, wds.split_by_worker]
-        # webdataset's own reader: open_clip_train's tarfile_to_samples_nothrow breaks on the end-of-shard
-        # marker webdataset >= 1.0 emits (KeyError 'fname' after the first shard)
-        pipeline += [watchdog.shards, wds.tarfile_to_samples(handler=log_and_continue), watchdog.samples, check,
+        # webdataset's own reader (ShardReader): open_clip_train's tarfile_to_samples_nothrow breaks on the
+        # end-of-shard marker webdataset >= 1.0 emits (KeyError 'fname' after the first shard)
+        pipeline += [watchdog.shards, reader, watchdog.samples, check,
                      _CaptionedSamples(skips, args.wds_short_caption_key, text_check),
                      wds.shuffle(*_WDS_SAMPLE_SHUFFLE)]
     else:
-        pipeline += [wds.split_by_worker, wds.tarfile_to_samples(handler=log_and_continue), check,
+        pipeline += [wds.split_by_worker, reader, check,
                      _CaptionedSamples(skips, args.wds_short_caption_key, text_check)]
     pipeline += [wds.map(to_sample), wds.select(_not_none), wds.batched(args.batch_size, partial=not is_train),
                  watchdog.reset]
@@ -275,17 +301,58 @@ def _wds_data(args, is_train: bool, to_sample: Callable, epoch: int, skips: Skip
         workers = max(1, args.workers)
         batches_per_worker = math.ceil(math.ceil(num_samples / global_batch) / workers)
         num_batches = batches_per_worker * workers
+        # one pass may give this many batches short of the epoch without a warning: whole batches per worker
+        # (rounding the size up) and each worker's last, partial batch of the pass
+        slack = num_batches * args.batch_size - num_samples // args.world_size + workers * args.batch_size
         num_samples = num_batches * global_batch
         dataset = dataset.with_epoch(batches_per_worker)
     else:
         num_batches = math.ceil(num_samples / args.batch_size)
-    loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=args.workers,
-                           persistent_workers=args.workers > 0)
+    loader = _EpochLoader(dataset, batch_size=None, shuffle=False, num_workers=args.workers,
+                          worker_init_fn=ignore_stop_signals,  # the main process alone stops on SIGTERM/SIGINT
+                          persistent_workers=args.workers > 0)
+    if is_train and not resampled:
+        loader.watch_repeats(dataset.repeats, args.batch_size, slack, shared_epoch, skips)
     loader.num_batches = num_batches
     loader.num_samples = num_samples
     data = DataInfo(dataloader=loader, shared_epoch=shared_epoch)
     data.epoch_size = num_samples
+    data.shard_listing = listing
     return data
+
+
+class _EpochLoader(wds.WebLoader):
+    """A WebLoader that, once an epoch's iteration ends (or is left), says how many of the batches this process
+    trained came from a second pass over its shards (webdataset's ``with_epoch`` refills an epoch that one pass
+    cannot fill by reading the shards again): a warning when more than rounding to whole batches per worker
+    explains, which is the mark of shards that are missing, cut short, or smaller than their counts say."""
+
+    repeats = None
+
+    def watch_repeats(self, repeats, batch_size: int, slack: int, shared_epoch, skips: SkipLog) -> None:
+        self.repeats, self.batch_size, self.slack, self.shared_epoch, self.skips = \
+            repeats, batch_size, slack, shared_epoch, skips
+
+    def __iter__(self):
+        if self.repeats is None:
+            yield from super().__iter__()
+            return
+        self.repeats.value = 0
+        batches = 0
+        try:
+            for batch in super().__iter__():
+                batches += 1
+                yield batch
+        finally:
+            repeated = self.repeats.value * self.batch_size
+            if repeated > self.slack:
+                broken = self.skips.broken_shards()
+                logging.warning(
+                    f"epoch {self.shared_epoch.get_value()}: {repeated} of the {batches * self.batch_size} samples "
+                    f"this process read were repeats: one pass over its shards gave fewer than the epoch's size "
+                    f"(--train-num-samples or the shards' sizes.json / __len__), so webdataset read them again"
+                    + (f"; {broken} shard reads broke off so far" if broken else
+                       "; check that count against the shards"))
 
 
 # ------------------------------------------------------------------------------------------------- public

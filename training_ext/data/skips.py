@@ -26,6 +26,7 @@ UNDECODABLE_CAPTION = "caption not UTF-8"
 NO_IMAGE = "no image"
 CORRUPT_IMAGE = "image cannot be decoded"
 REASONS = (MISSING_CAPTION, EMPTY_CAPTION, UNDECODABLE_CAPTION, NO_IMAGE, CORRUPT_IMAGE)
+BROKEN_SHARD = "shard reads broken off"  # counted apart: a shard, not a sample
 
 # What a bad image raises: missing file, not an image, truncated data, decompression bomb.
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -36,6 +37,7 @@ class SkipLog:
 
     def __init__(self):
         self._counts = {reason: multiprocessing.Value("q", 0) for reason in REASONS}
+        self._broken_shards = multiprocessing.Value("q", 0)
 
     def skip(self, reason: str, what: str, detail: str = "") -> None:
         """Count one skipped sample; ``what`` names it (file and row, shard and key), shown for the first few."""
@@ -47,6 +49,21 @@ class SkipLog:
             logging.warning(f"skipping {what}: {reason}{f' ({detail})' if detail else ''}"
                             + (" (further ones are only counted)" if number == SHOWN else ""))
 
+    def broken_shard(self, url: str, samples: int, detail: str) -> None:
+        """Count one read of a shard that could not be opened, or whose tar stream broke off (cut short, damaged),
+        after giving ``samples`` samples; the first few are named. Reading goes on with the next shard."""
+        with self._broken_shards.get_lock():
+            self._broken_shards.value += 1
+            number = self._broken_shards.value
+        if number <= SHOWN:
+            logging.warning(f"shard {url}: {detail}; it gave {samples} samples before the break, reading goes on "
+                            f"with the next shard"
+                            + (" (further broken shard reads are only counted)" if number == SHOWN else ""))
+
+    def broken_shards(self) -> int:
+        """Shard reads that broke off so far (a shard read in several epochs or passes counts each time)."""
+        return self._broken_shards.value
+
     def counts(self) -> Dict[str, int]:
         return {reason: counter.value for reason, counter in self._counts.items() if counter.value}
 
@@ -55,7 +72,9 @@ class SkipLog:
         return sum(self.counts().values())
 
     def summary(self) -> str:
-        return ", ".join(f"{reason}: {count}" for reason, count in self.counts().items())
+        """The counts by reason, and the shard reads that broke off; "" when nothing was left out."""
+        counts = {**self.counts(), **({BROKEN_SHARD: self.broken_shards()} if self.broken_shards() else {})}
+        return ", ".join(f"{reason}: {count}" for reason, count in counts.items())
 
 
 def decode_image(source, transform: Callable, skips: SkipLog, what: str) -> Optional[object]:

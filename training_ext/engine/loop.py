@@ -5,6 +5,7 @@ A stage supplies ``step_fn(micro_batches) -> {loss name: float}``, which runs fo
 around it the way open_clip_train's ``train_one_epoch`` and ``main`` do.
 """
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -17,7 +18,9 @@ from open_clip_train.train import AverageMeter
 
 from training_ext.engine.checkpoint import (NonFiniteLossError, ResumeRefused, check_resume_position, checkpoint_dict,
                                            data_position, save_training_state)
+from training_ext.engine.preemption import StopRequest, TrainingStopped
 from training_ext.engine.optim import schedule_step
+from training_ext.data.fingerprint import data_fingerprint
 from training_ext.data.loaders import dataset_type, start_epoch_at
 from training_ext.data.shard_checks import EmptyDataError
 
@@ -57,13 +60,23 @@ def apply_update(state: TrainState, grad_clip_norm: Optional[float]) -> None:
 def save(state: TrainState, args, end_of_epoch: bool) -> None:
     if not args.save_logs:
         return
+    started = time.monotonic()
     snapshot = checkpoint_dict(state.model, state.optimizer, state.scaler, state.epoch, state.step, args.name,
                                state.model_cfg, data_position(state.epoch_samples, state.samples_seen,
                                                               state.data_layout))
     state.last_checkpoint = save_training_state(
         snapshot, args.checkpoint_path, end_of_epoch, args.epochs, args.save_frequency,
         args.delete_previous_checkpoint)
-    logging.info(f"checkpoint: {state.last_checkpoint} (epoch {state.epoch}, step {state.step})")
+    seconds = time.monotonic() - started
+    logging.info(f"checkpoint: {state.last_checkpoint} (epoch {state.epoch}, step {state.step}) in {seconds:.1f} s")
+    if seconds > SLOW_SAVE_S:
+        logging.warning(f"writing a checkpoint took {seconds:.0f} s: a stop on SIGTERM, which writes one after the "
+                        f"current step, may not finish within SLURM's default KillWait of 30 s before SIGKILL; "
+                        f"have SLURM signal earlier (sbatch --signal=TERM@<seconds>) or write to a faster disk")
+
+
+# Beyond this, a checkpoint plus a step may not fit between SLURM's SIGTERM and its SIGKILL (KillWait, default 30 s)
+SLOW_SAVE_S = 20.0
 
 
 class StepLogger:
@@ -125,11 +138,13 @@ def global_batch(args) -> int:
 
 
 def data_layout(args, data) -> dict:
-    """The flags that define a data position (see checkpoint._POSITION_FLAGS) for this run's training data."""
+    """The flags that define a data position (see checkpoint._POSITION_FLAGS) for this run's training data, and
+    the data's fingerprint ('data_fingerprint', training_ext.data.fingerprint; its digests are computed when a
+    checkpoint is written or a resume is checked)."""
     kind = dataset_type(args, args.train_data)
     return {"dataset_type": kind, "seed": args.seed, "batch_size": args.batch_size, "accum_freq": args.accum_freq,
             "world_size": args.world_size, "workers": args.workers, "epoch_size": int(data.epoch_size),
-            "sample_exact": kind != "webdataset"}
+            "sample_exact": kind != "webdataset", "data_fingerprint": data_fingerprint(args, data, kind)}
 
 
 def position_training(state: TrainState, args, data, steps_per_epoch: int) -> None:
@@ -176,8 +191,11 @@ def step_pairs(micro_batches: List, args) -> int:
 
 
 def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Callable, writer,
-              extra_scalars: Callable, steps_per_epoch: int, min_pairs: int = 1) -> None:
-    """Train from the current position to the end of epoch ``state.epoch`` (mid-epoch after a resume).
+              extra_scalars: Callable, steps_per_epoch: int, min_pairs: int = 1,
+              stop: Optional[StopRequest] = None) -> bool:
+    """Train from the current position to the end of epoch ``state.epoch`` (mid-epoch after a resume), or until
+    every process agrees to ``stop`` (asked at every step boundary). Returns whether the epoch was trained to its
+    end.
 
     Positions advance by the global batch per step whether or not some of its samples were unreadable (they are
     counted in the data's SkipLog), so a resume continues after them. A step left with fewer than ``min_pairs``
@@ -235,6 +253,8 @@ def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Ca
         if trains:
             logger.log(state, losses, steps_before + steps_run)
         progress.update(1)
+        if stop is not None and stop.agreed(args):
+            break
         if steps_run >= steps_left:
             break
         if trains and args.save_every_n_steps and state.step % args.save_every_n_steps == 0:
@@ -242,6 +262,8 @@ def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Ca
         end = time.time()
     progress.close()
     _report_skipped(data, epoch, uneven, state.skipped_steps - skipped_before, min_pairs)
+    if stop is not None and stop.stopping:
+        return steps_run >= steps_left
     if steps_left > 0 and not batches:
         raise EmptyDataError(f"epoch {epoch} gave no batch at all: the training data yielded nothing"
                              + _skip_note(data))
@@ -251,6 +273,7 @@ def run_epoch(state: TrainState, args, data, step_fn: Callable, after_update: Ca
     if steps_left > 0 and not steps_trained:
         raise EmptyDataError(f"epoch {epoch} trained no step: no step had {min_pairs} readable "
                              f"sample{'s' if min_pairs > 1 else ''} on all processes together" + _skip_note(data))
+    return True
 
 
 _STEPS_NAMED = 3  # skipped steps named as they happen; the rest are counted at the epoch's end
@@ -276,7 +299,7 @@ def _report_skipped(data, epoch: int, uneven: int, skipped_steps: int, min_pairs
     """Samples left out so far, by reason, and steps left untrained in this epoch, at every epoch end (the first
     few were named as they happened)."""
     skipped = getattr(data, "skipped", None)
-    if skipped is not None and skipped.get():
+    if skipped is not None and skipped.summary():  # samples, or shard reads that broke off without a skip
         logging.warning(f"epoch {epoch}: samples skipped so far: {skipped.summary()}")
     if skipped_steps:
         logging.warning(f"epoch {epoch}: {skipped_steps} step(s) skipped without an optimizer step: fewer than "
@@ -291,7 +314,13 @@ def train(state: TrainState, args, data, step_fn: Callable, after_update: Callab
     """Epochs from ``state.epoch`` to ``args.epochs``: train, validate, checkpoint, keep processes in step.
     ``min_pairs``: the fewest samples a step may train on, all processes together (``run_epoch``).
 
-    Raises ResumeRefused (before any step) when a resumed position cannot be continued under this run's flags."""
+    SIGTERM or SIGINT (engine.preemption) ends training at the next step boundary, the same on every process: a
+    checkpoint of every completed step is written (mid-epoch, or the epoch's own when the signal came in its last
+    step, whose validation is then skipped) and TrainingStopped is raised; when the last epoch is done, training
+    ends normally instead.
+
+    Raises ResumeRefused (before any step) when a resumed position cannot be continued under this run's flags,
+    TrainingStopped on a signal."""
     steps_per_epoch = data.dataloader.num_batches // args.accum_freq
     if steps_per_epoch < 1:
         raise ValueError(f"an epoch has {data.dataloader.num_batches} batches of {args.batch_size} per process, "
@@ -299,18 +328,43 @@ def train(state: TrainState, args, data, step_fn: Callable, after_update: Callab
     position_training(state, args, data, steps_per_epoch)
     if state.epoch >= args.epochs:
         logging.info(f"nothing to train: {state.epoch} of {args.epochs} epochs already done")
-    while state.epoch < args.epochs:
-        if is_master(args):
-            logging.info(f"Start epoch {state.epoch}" + (f" at sample {state.epoch_samples}" if state.epoch_samples
-                                                           else ""))
-        run_epoch(state, args, data, step_fn, after_update, writer, extra_scalars, steps_per_epoch, min_pairs)
-        state.epoch += 1
-        state.epoch_samples = 0
-        if is_master(args):
-            evaluate(state.epoch)
-        save(state, args, end_of_epoch=True)
-        if args.distributed:
-            torch.distributed.barrier()
+    with StopRequest(args.rank) as stop:
+        while state.epoch < args.epochs:
+            if is_master(args):
+                logging.info(f"Start epoch {state.epoch}" + (f" at sample {state.epoch_samples}"
+                                                               if state.epoch_samples else ""))
+            if not run_epoch(state, args, data, step_fn, after_update, writer, extra_scalars, steps_per_epoch,
+                             min_pairs, stop):
+                _stop_with_checkpoint(state, args, stop.stopping, end_of_epoch=False)
+            state.epoch += 1
+            state.epoch_samples = 0
+            if is_master(args) and not stop.stopping:
+                evaluate(state.epoch)
+            elif is_master(args) and args.val_data and val_due(args, state.epoch):
+                logging.warning(f"validation after epoch {state.epoch} skipped: stopping on "
+                                f"{signal.Signals(stop.stopping).name}")
+            if stop.stopping and state.epoch < args.epochs:
+                _stop_with_checkpoint(state, args, stop.stopping, end_of_epoch=True)
+            save(state, args, end_of_epoch=True)
+            if args.distributed:
+                torch.distributed.barrier()
+            if state.epoch < args.epochs and stop.agreed(args):  # a signal during validation or the save
+                raise _stopped(state, args, stop.stopping)
+
+
+def _stop_with_checkpoint(state: TrainState, args, signum: int, end_of_epoch: bool) -> None:
+    """Write the checkpoint of every completed step (rank 0), wait until it is written (so that no process exits
+    first: torchrun would then terminate the writer), and raise TrainingStopped."""
+    logging.info(f"{signal.Signals(signum).name}: stopping at epoch {state.epoch} step {state.step}, "
+                 f"{state.epoch_samples} samples into the epoch")
+    save(state, args, end_of_epoch=end_of_epoch)
+    if args.distributed:
+        torch.distributed.barrier()
+    raise _stopped(state, args, signum)
+
+
+def _stopped(state: TrainState, args, signum: int) -> TrainingStopped:
+    return TrainingStopped(signum, state.last_checkpoint if args.save_logs else None, state.epoch, state.step)
 
 
 def val_due(args, epoch: int) -> bool:

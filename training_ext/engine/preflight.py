@@ -121,11 +121,21 @@ def check_run_folder(args, error: Error) -> None:
 def check_resume(args, error: Error) -> None:
     if args.resume and args.resume != "latest":
         check_readable_file(args.resume, "--resume", error)
+        from open_clip_ext.convert import CheckpointError
+        from training_ext.engine.checkpoint import require_checkpoint_file
+        try:
+            require_checkpoint_file(args.resume)  # its zip directory only: cheap (--resume latest: engine.trainer)
+        except CheckpointError as problem:
+            error(str(problem))
 
 
 def check_data_paths(args, error: Error, flags=("--train-data", "--val-data")) -> None:
-    """Local CSV files and folders must exist and their type be known (webdataset URLs are checked when read)."""
+    """Local CSV files and folders must exist and their type be known; so must every local shard a webdataset
+    pattern names (the listing is kept for the dataset; remote URLs are checked when read)."""
     from training_ext.data.loaders import dataset_type
+    from open_clip_train.distributed import world_info_from_env
+    from training_ext.data.fingerprint import start_file_digest
+    from training_ext.data.shard_checks import ShardsMissingError, shard_listing
     for flag in flags:
         path = getattr(args, flag[2:].replace("-", "_"))
         if not path:
@@ -136,6 +146,16 @@ def check_data_paths(args, error: Error, flags=("--train-data", "--val-data")) -
             error(f"{flag} {path}: {problem}")
         if kind in ("csv", "folder") and not os.path.exists(path):
             error(f"{flag} {path}: no such {'file' if kind == 'csv' else 'folder'}")
+        if kind == "webdataset":
+            try:
+                shard_listing(path, keep=True).check(flag)
+            except ShardsMissingError as problem:
+                error(str(problem))
+        # the data's fingerprint, hashed in the background from here: by the rank that saves checkpoints, or by
+        # every rank when a resume is checked
+        if kind == "csv" and flag == "--train-data" and (getattr(args, "resume", None)
+                                                          or world_info_from_env()[1] == 0):
+            start_file_digest(path)
 
 
 def wandb_credentials() -> Optional[str]:

@@ -5,12 +5,15 @@ overrides a handful of methods) and open_clip's task API (``open_clip/task``: a 
 computes ``training_forward``), so that moving the stages onto open_clip's task API later is cheap.
 
 The sequence (``run_training``):
-  seed -> stage.build_models -> --cope-impl (and the line naming CoPE's attention) -> grad checkpointing
+  --resume's file checked (its zip directory) -> seed -> stage.build_models -> --cope-impl (and the line
+  naming CoPE's attention) -> grad checkpointing
   -> per-rank seed -> params.txt -> optimizer -> GradScaler -> --resume -> tokenizer -> stage.train_data
   -> validation data -> lr schedule -> wandb -> DDP wrap of stage.training_module -> TrainState
   -> stage.make_step -> validation -> epoch loop.
 """
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
@@ -28,7 +31,8 @@ from training_ext.engine.distributed import wrap_for_processes
 from training_ext.engine.loop import TrainState, train
 from training_ext.engine.optim import create_optimizer, create_scaler, create_scheduler
 from training_ext.data.teacher_cache import TeacherCacheError
-from training_ext.engine.checkpoint import NonFiniteLossError
+from training_ext.engine.checkpoint import CheckpointWriteError, NonFiniteLossError, require_checkpoint_file
+from training_ext.engine.preemption import TrainingStopped
 from training_ext.engine.params import StageFlags, fail
 from training_ext.engine.session import (RunSetupError, finish_run, open_tensorboard, open_wandb, seed_everything,
                                          start_run, write_params)
@@ -88,6 +92,9 @@ class TrainingStage(StageFlags):
 
 def run_training(stage: TrainingStage, args, device: torch.device, writer) -> TrainState:
     """The whole training run of ``stage`` from parsed flags; returns the final state."""
+    if args.resume:  # what --resume latest chose is known only now; still before any model is built
+        require_checkpoint_file(args.resume, resume_latest=os.path.dirname(os.path.abspath(args.resume))
+                                == os.path.abspath(args.checkpoint_path))
     seed_everything(args.seed)
     models = stage.build_models(args, device)
     apply_cope_impl(args, models.model, device)
@@ -149,7 +156,11 @@ def run_command(args, stage: TrainingStage) -> TrainState:
     """The entry points' main() after parsing: run, and turn a stop the user can act on into one message."""
     try:
         return run_stage(args, stage)
-    except NonFiniteLossError as error:
+    except TrainingStopped as stopped:  # SIGTERM / SIGINT: the checkpoint is written, say how to go on
+        if args.rank == 0:
+            print(stopped.report(stage.prog, getattr(args, "command_flags", None), args.name), file=sys.stderr)
+        raise SystemExit(stopped.exit_code)
+    except (NonFiniteLossError, CheckpointWriteError) as error:
         raise SystemExit(f"stopped: {error}")
     except (TeacherCacheError, CheckpointError) as error:  # a cache or checkpoint file that does not fit the run
         fail(stage.prog, str(error))  # (what the flags and saved configs reveal is refused before anything is built)
