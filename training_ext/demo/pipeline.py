@@ -15,14 +15,19 @@ the command line a user would type:
 Every variant starts from the same teacher (one per data seed) and gets the same stage-2 schedule (epochs,
 learning rate, warmup, batch size); the TULIP variants run stage 1 first. --compare picks the variants, --seeds
 the data seeds (each seed: its own data, teacher and runs); the table gives the mean and half the range over
-seeds. Subprocesses run with a fixed thread count and CPU kernels pinned to AVX2, so that a seed gives the same
-numbers on x86-64 machines with AVX2 and the same library versions (checked on one machine, bit for bit; not yet
-across CPU families).
+seeds. Subprocesses run with a fixed thread count (--threads, default 2: the README's numbers; another count
+changes their last digits) and CPU kernels pinned to AVX2, so that a seed gives the same numbers on x86-64
+machines with AVX2 and the same library versions (checked on one machine, bit for bit; not yet across CPU
+families). --threads auto takes the cores the load average leaves free (and changes the last digits).
+
+Each step's own output goes to a file in its folder (console.txt; a training run also logs to out.log); the
+terminal gets its command, one progress line rewritten in place (on a terminal only) and the time it took.
 
 Re-running reuses every step whose command is unchanged; an interrupted step starts over (a resumed run would
 not reproduce the uninterrupted numbers); --fresh deletes everything first.
 """
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -36,10 +41,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from training_ext.common.file_io import atomic_open, write_json
 from training_ext.demo import report
+from training_ext.demo.progress import StatusLine, TrainLog, choose_threads, format_duration, progress_line
 from training_ext.demo.report import DETAIL, DIRECTIONS, LATE, ORDINARY
 
 ORDINARY_TOLERANCE = 5.0  # R@1 points the student may lose against the teacher on the ordinary split
 STEP_RECORD = "demo_step.json"  # written into a step's folder once it has finished: the command it ran
+CONSOLE = "console.txt"  # a step's stdout and stderr, in its folder
+THREADS = 2  # the README's numbers were made with this many threads per step
+# Seconds on the README's idle 2-core machine (its "Time" table): to start a step, then per optimizer step at
+# batch 64 (validation included), per image generated, per model and test image evaluated. Only for the estimate
+# of what is left, which scales them by how much slower than that this machine runs.
+IDLE_SECONDS = {"start": 8.0, "teacher": 0.383, "stage 1": 0.453, "stage 2": 0.529, "data": 0.00296, "eval": 0.0072}
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,7 @@ class DemoPlan:
     finetune_lr: float = 5e-4
     warmup: int = 50
     workers: int = 1
-    threads: int = 2
+    threads: int = THREADS
     # 0: stages 1 and 2 train on the whole training split, like the teacher. N: on its first N rows only, the
     # situation TULIP is made for (a teacher trained on far more pairs than the long-caption data holds); the
     # runs and outputs get a suffix, so they sit beside the full-data ones and reuse the same teachers.
@@ -146,6 +158,53 @@ class DemoPlan:
     def checkpoint(self, seed: int, run: str, epochs: int) -> Path:
         return self.logs(seed) / run / "checkpoints" / f"epoch_{epochs}.pt"
 
+    def steps_per_epoch(self, long_captions: bool = True) -> int:
+        """Optimizer steps per epoch (open_clip_train drops the last partial batch)."""
+        rows = self.long_caption_subset if long_captions and self.long_caption_subset else self.n_train
+        return rows // self.batch_size
+
+    def finetune_epochs_of(self, variant: "Variant") -> int:
+        return self.finetune_epochs + (self.distill_epochs if variant.matched_steps else 0)
+
+    @property
+    def with_untrained_student(self) -> bool:
+        """Whether the evaluation shows the teacher's weights in an untrained RoPE tower: where stage 2 starts
+        without stage 1, against the stage-1 student it shows what distillation hands over."""
+        return any(not VARIANTS[v].distilled and VARIANTS[v].position == "rope" for v in self.variants)
+
+    def evaluated_models(self) -> int:
+        """Models each evaluation step scores (run_seed's ``models``)."""
+        return 1 + self.with_untrained_student + len(self.student_positions) + len(self.variants)
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """A step of the demo as run_seed will run it, with a guess at its duration."""
+    seed: int
+    name: str            # as Runner.step names it
+    train_steps: int     # optimizer steps, 0 for a step that does not train
+    idle_seconds: float  # on the README's idle 2-core machine (IDLE_SECONDS)
+
+
+def planned_steps(plan: DemoPlan) -> List[PlannedStep]:
+    """Every step of ``plan``, in the order run_seed runs them."""
+    scale, start = plan.batch_size / 64, IDLE_SECONDS["start"]
+    steps = []
+    for seed in plan.seeds:
+        images = plan.n_train + 2 * plan.n_test + plan.n_val
+        steps.append(PlannedStep(seed, "data", 0, start + IDLE_SECONDS["data"] * images))
+        train = [("teacher", "teacher", plan.teacher_epochs * plan.steps_per_epoch(False))]
+        train += [(f"stage 1 {p}", "stage 1", plan.distill_epochs * plan.steps_per_epoch())
+                  for p in plan.student_positions]
+        train += [(f"stage 2 {key}", "stage 2", plan.finetune_epochs_of(VARIANTS[key]) * plan.steps_per_epoch())
+                  for key in plan.variants]
+        steps += [PlannedStep(seed, name, count, start + IDLE_SECONDS[kind] * scale * count)
+                  for name, kind, count in train]
+        steps += [PlannedStep(seed, f"eval {split}", 0,
+                              start + IDLE_SECONDS["eval"] * plan.evaluated_models() * plan.n_test)
+                  for split in (ORDINARY, DETAIL)]
+    return steps
+
 
 # ------------------------------------------------------------------------------------------ running steps
 
@@ -159,6 +218,10 @@ def pinned_environment(threads: int) -> Dict[str, str]:
     """
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0")
+    # OpenMP threads otherwise spin between parallel regions: on 2 cores shared with 3 to 7 other busy processes, 2
+    # spinning threads took 2 to 10 times as long per stage-2 step as 2 sleeping ones (5 paired runs). How threads
+    # wait does not change any number (checked bit for bit).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if _cpu_has_avx2():
         env.update(MKL_CBWR="AVX2,STRICT", ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
     return env
@@ -183,46 +246,93 @@ class StepTime:
 
 @dataclass
 class Runner:
-    """Runs (or reuses) the steps of a plan and keeps their times."""
+    """Runs (or reuses) the steps of a plan and keeps their times; shows a running step's progress and what is left
+    of the demo (``status``: a terminal line, silent elsewhere)."""
     plan: DemoPlan
     times: List[StepTime] = field(default_factory=list)
+    status: StatusLine = field(default_factory=lambda: StatusLine(sys.stdout))
+    # how many times slower than IDLE_SECONDS this machine runs, from the last step measured (None before)
+    slowdown: Optional[float] = None
+
+    def __post_init__(self):
+        self.left = {(s.seed, s.name): s for s in planned_steps(self.plan)}  # steps not yet finished
 
     def step(self, seed: int, name: str, argv: List[str], folder: Path, product: Path,
-             stdout_file: Optional[str] = None) -> Path:
+             stdout_file: Optional[str] = None, train_epochs: Optional[int] = None) -> Path:
         """Run ``python -m argv`` unless ``folder`` holds ``product`` from the same command; returns ``product``.
 
         A folder without the record of a finished run with this command is deleted first: open_clip_train
         refuses an existing run name, and starting over keeps a step's numbers those of an uninterrupted run.
+        The step's stdout goes to ``folder/stdout_file`` (default: with its stderr to ``folder/console.txt``);
+        ``train_epochs``: a training run, whose progress is read from ``folder/out.log``.
+        Raises SystemExit naming the step, with the end of its output, when it fails or leaves no ``product``.
         """
         record = {"argv": argv, "threads": self.plan.threads}
         record_path = folder / STEP_RECORD
         if product.is_file() and record_path.is_file() and json.loads(record_path.read_text()) == record:
             print(f"[{name}] reusing {product}", flush=True)
             self.times.append(StepTime(seed, name, 0.0, 0.0, True))
+            self.left.pop((seed, name), None)
             return product
         if folder.exists():
             why = "its command changed" if record_path.is_file() else "it did not finish"
             print(f"[{name}] starting over in {folder} ({why})", flush=True)
             shutil.rmtree(folder)
         print("$ python -m " + " ".join(repr(a) if a == "\t" else a for a in argv), flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        console = folder / CONSOLE
+        log = TrainLog(folder / "out.log", train_epochs, self.plan.batch_size) if train_epochs else None
         wall, cpu = time.perf_counter(), _children_cpu_seconds()
-        stdout = None
-        if stdout_file:
-            folder.mkdir(parents=True, exist_ok=True)
-            stdout = open(folder / stdout_file, "w", encoding="utf-8")
-        try:
-            result = subprocess.run([sys.executable, "-m", *argv], env=pinned_environment(self.plan.threads),
-                                    stdout=stdout)
-        finally:
-            if stdout is not None:
-                stdout.close()
-        if result.returncode != 0 or not product.is_file():
-            raise SystemExit(f"demo: step '{name}' failed (exit {result.returncode}); its command is printed above")
+        with open(console, "wb") as output, \
+                (open(folder / stdout_file, "wb") if stdout_file else contextlib.nullcontext(output)) as stdout:
+            process = subprocess.Popen([sys.executable, "-m", *argv], env=pinned_environment(self.plan.threads),
+                                       stdout=stdout, stderr=output)
+            try:
+                returncode = self._follow(process, seed, name, log)
+            finally:
+                self.status.clear()
+                if process.poll() is None:  # interrupted: the step starts over next time anyway
+                    process.kill()
+                    process.wait()
+        if returncode != 0 or not product.is_file():
+            tail = console.read_bytes().decode("utf-8", errors="replace").splitlines()[-15:]
+            raise SystemExit(f"demo: step '{name}' failed (exit {returncode}); its command is printed above, the end "
+                             f"of its output (all of it in {console}):\n" + "\n".join("  " + line for line in tail))
         write_json(str(record_path), record)
         elapsed = StepTime(seed, name, time.perf_counter() - wall, _children_cpu_seconds() - cpu, False)
         self.times.append(elapsed)
-        print(f"[{name}] done in {elapsed.wall_s:.0f}s ({elapsed.cpu_s:.0f} CPU-s)", flush=True)
+        planned = self.left.pop((seed, name), None)
+        if planned is not None and planned.idle_seconds > 0:
+            self.slowdown = elapsed.wall_s / planned.idle_seconds
+        left = self.demo_left()
+        print(f"[{name}] done in {elapsed.wall_s:.0f}s ({elapsed.cpu_s:.0f} CPU-s); output in "
+              f"{log.path if log else folder / (stdout_file or CONSOLE)}"
+              + (f"; demo ~{format_duration(left)} left" if left else ""), flush=True)
         return product
+
+    def demo_left(self, running: Optional[Tuple[int, str]] = None, running_left: float = 0.0) -> Optional[float]:
+        """Seconds the steps not yet finished should take at the pace of the steps finished so far (None before
+        one has); ``running``: the step under way, which has ``running_left`` seconds to go."""
+        if self.slowdown is None:
+            return None
+        return running_left + self.slowdown * sum(s.idle_seconds for key, s in self.left.items() if key != running)
+
+    def _follow(self, process: subprocess.Popen, seed: int, name: str, log: Optional[TrainLog]) -> int:
+        """Waits for ``process``, rewriting the status line every second; returns its exit code."""
+        started, planned = time.perf_counter(), self.left.get((seed, name))
+        while True:
+            try:
+                return process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+            if not self.status.live:
+                continue
+            elapsed, train = time.perf_counter() - started, log.poll() if log else None
+            step_left = train.seconds_left if train is not None else None
+            if step_left is None and self.slowdown is not None and planned is not None:
+                step_left = max(0.0, self.slowdown * planned.idle_seconds - elapsed)
+            demo_left = self.demo_left((seed, name), step_left) if step_left is not None else None
+            self.status.show("  " + progress_line(name, elapsed, train, step_left, demo_left))
 
 
 def _children_cpu_seconds() -> float:
@@ -240,7 +350,7 @@ def _train_flags(plan: DemoPlan, seed: int, long_captions: bool = True) -> List[
             "--csv-separator", "\t", "--csv-img-key", "filepath", "--csv-caption-key", "title",
             "--batch-size", str(plan.batch_size), "--workers", str(plan.workers), "--precision", "fp32",
             "--device", "cpu", "--seed", str(seed), "--logs", str(plan.logs(seed)), "--save-frequency", "1",
-            "--wd", "0.2", "--report-to", "tensorboard"]
+            "--wd", "0.2", "--report-to", "tensorboard", "--log-every-n-steps", "10"]  # the progress line reads it
 
 
 def make_data(runner: Runner, seed: int) -> Path:
@@ -271,7 +381,7 @@ def train_teacher(runner: Runner, seed: int) -> Path:
     argv = ["training_ext.main", "--model", "tiny-clip", "--name", "teacher", *_train_flags(plan, seed, False),
             "--epochs", str(plan.teacher_epochs), "--lr", str(plan.teacher_lr), "--warmup", "100"]
     return runner.step(seed, "teacher", argv, plan.logs(seed) / "teacher",
-                       plan.checkpoint(seed, "teacher", plan.teacher_epochs))
+                       plan.checkpoint(seed, "teacher", plan.teacher_epochs), train_epochs=plan.teacher_epochs)
 
 
 def distill(runner: Runner, seed: int, position: str, teacher: Path) -> Path:
@@ -282,20 +392,21 @@ def distill(runner: Runner, seed: int, position: str, teacher: Path) -> Path:
             "--csv-short-caption-key", "short_title", "--epochs", str(plan.distill_epochs),
             "--lr", str(plan.distill_lr), "--warmup", str(plan.warmup)]
     return runner.step(seed, f"stage 1 {position}", argv, plan.logs(seed) / run,
-                       plan.checkpoint(seed, run, plan.distill_epochs))
+                       plan.checkpoint(seed, run, plan.distill_epochs), train_epochs=plan.distill_epochs)
 
 
 def finetune(runner: Runner, seed: int, variant: Variant, teacher: Path, student: Optional[Path]) -> Path:
     """Stage 2 of one variant: the same schedule for every variant (a matched-steps variant's is longer by
     stage 1's epochs), only the model, its initial text tower and the recipe's short-caption loss differ."""
     plan, run = runner.plan, f"stage2-{variant.key}{runner.plan.suffix}"
-    epochs = plan.finetune_epochs + (plan.distill_epochs if variant.matched_steps else 0)
+    epochs = plan.finetune_epochs_of(variant)
     init = ["--student-checkpoint", str(student)] if student is not None else []
     argv = ["training_ext.main_context_finetune_rope", "--model", variant.model, "--pretrained", str(teacher),
             *init, *RECIPES[variant.recipe], "--name", run, *_train_flags(plan, seed),
             "--csv-short-caption-key", "short_title", "--epochs", str(epochs),
             "--lr", str(plan.finetune_lr), "--warmup", str(plan.warmup)]
-    return runner.step(seed, f"stage 2 {variant.key}", argv, plan.logs(seed) / run, plan.checkpoint(seed, run, epochs))
+    return runner.step(seed, f"stage 2 {variant.key}", argv, plan.logs(seed) / run, plan.checkpoint(seed, run, epochs),
+                       train_epochs=epochs)
 
 
 def evaluate(runner: Runner, seed: int, models: Dict[str, str]) -> Dict[str, dict]:
@@ -325,9 +436,7 @@ def run_seed(runner: Runner, seed: int) -> dict:
     report.banner(f"seed {seed}: 2/5 teacher: tiny-clip, 77 tokens, trained from scratch with open_clip_train")
     teacher = train_teacher(runner, seed)
     models = {TEACHER_LABEL: f"tiny-clip:{teacher}"}
-    if any(not VARIANTS[key].distilled and VARIANTS[key].position == "rope" for key in plan.variants):
-        # where stage 2 starts without stage 1: the teacher's weights in a RoPE tower (its learned positions
-        # dropped), against the stage-1 student below, shows what distillation hands over
+    if plan.with_untrained_student:
         models[UNTRAINED_LABEL] = f"tiny-clip-rope-248:{teacher}"
     students = {}
     report.banner(f"seed {seed}: 3/5 stage 1: distil the teacher into "
@@ -369,6 +478,9 @@ def run_demo(plan: DemoPlan, fresh: bool = False) -> dict:
     plan.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runner = Runner(plan)
+    idle = sum(s.idle_seconds for s in runner.left.values())
+    print(f"demo: {len(runner.left)} steps, about {format_duration(idle)} on the README's idle 2-core machine "
+          f"(more while other jobs run); each step's own output goes to a file in its folder", flush=True)
     per_seed = [run_seed(runner, seed) for seed in plan.seeds]
     labels = list(per_seed[0]["metrics"])
     summary = report.summarise(per_seed, labels)
@@ -438,7 +550,6 @@ def build_parser() -> argparse.ArgumentParser:
              "batch_size": "batch size of every training run", "teacher_epochs": "epochs of the 77-token teacher",
              "distill_epochs": "stage-1 epochs", "finetune_epochs": "stage-2 epochs",
              "warmup": "warmup steps of stages 1 and 2", "workers": "data-loader workers per run",
-             "threads": "CPU threads per step (part of what a seed's numbers depend on)",
              "long_caption_subset": "N > 0: stages 1 and 2 train on the first N training pairs only (the "
                                     "teacher on all); its runs and outputs get the suffix -firstN",
              "teacher_lr": "teacher learning rate", "distill_lr": "stage-1 learning rate",
@@ -447,12 +558,49 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
                             help=f"{meaning} (default: {default})")
+    parser.add_argument("--threads", type=_threads, default=THREADS, metavar="N|auto",
+                        help=f"CPU threads per step (default: {THREADS}, as the README's numbers were made; another "
+                             f"count changes their last digits). 'auto': the CPUs the load average leaves free, at "
+                             f"least 1")
     return parser
+
+
+def _threads(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of threads (1 or more) or 'auto', got {text!r}")
+    return value
+
+
+def resolve_threads(threads, cpu_count: Optional[int], load: float) -> Tuple[int, str]:
+    """(threads per step, the line that says why) for --threads N or 'auto' on a machine with ``cpu_count`` CPUs
+    and this 1-minute load average."""
+    machine = f"{cpu_count or 1} CPUs, load average {load:.1f}"
+    fitting = choose_threads(cpu_count, load)
+    if threads == "auto":
+        return fitting, (f"threads: {fitting} per step (--threads auto: {machine}); the README's numbers were made "
+                         f"with {THREADS}, another count changes their last digits")
+    line = f"threads: {threads} per step ({machine})"
+    if fitting < threads:
+        line += (f"; other jobs are running: expect the steps to take longer than the estimates for an idle "
+                 f"machine (--threads auto would use {fitting}, and change the last digits of the numbers)")
+    return threads, line
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = vars(build_parser().parse_args(argv))
     fresh = args.pop("fresh")
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not reported on this system
+        load = 0.0
+    args["threads"], why = resolve_threads(args["threads"], os.cpu_count(), load)
+    print(why, flush=True)
     outcome = run_demo(DemoPlan(**args), fresh=fresh)
     return 1 if outcome["failures"] else 0
 

@@ -13,10 +13,17 @@ from open_clip_ext.kernels.dispatch import announce, choose_cope_kernel
 from training_ext.engine.checkpoint import read_training_state, restore_training_state
 
 
-def create_clip(args, name: str, pretrained: str, device: torch.device, with_flags: bool = True):
+def _not_random_init_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+def create_clip(args, name: str, pretrained: str, device: torch.device, with_flags: bool = True,
+                weights_follow: bool = False):
     """(model, preprocess_train, preprocess_val) through open_clip, honouring open_clip_train's model flags.
 
     The --force-*/--image-* flags describe the trained model, so the teacher is built without them.
+    ``weights_follow``: the caller loads the weights itself next (and says so), so open_clip's warning that the
+    model was "initialized randomly" is dropped: it would contradict the caller's line that follows.
     """
     # Every model computes with the activation its weights were trained with: open_clip 3.3 only warns when e.g.
     # ViT-L-14 meets the QuickGELU 'openai' weights, and TULIP's command lines name exactly that pair.
@@ -31,9 +38,15 @@ def create_clip(args, name: str, pretrained: str, device: torch.device, with_fla
             force_context_length=args.force_context_length, image_mean=args.image_mean, image_std=args.image_std,
             image_interpolation=args.image_interpolation, image_resize_mode=args.image_resize_mode,
             aug_cfg=args.aug_cfg, pretrained_image=args.pretrained_image)
-    return open_clip.create_model_and_transforms(
-        name, pretrained or None, precision=args.precision, device=device, output_dict=True,
-        cache_dir=args.cache_dir, **options)
+    if weights_follow:  # open_clip logs through the root logger
+        logging.root.addFilter(_not_random_init_warning)
+    try:
+        return open_clip.create_model_and_transforms(
+            name, pretrained or None, precision=args.precision, device=device, output_dict=True,
+            cache_dir=args.cache_dir, **options)
+    finally:
+        if weights_follow:
+            logging.root.removeFilter(_not_random_init_warning)
 
 
 def apply_cope_impl(args, model: torch.nn.Module, device: torch.device) -> None:

@@ -107,15 +107,19 @@ def configs_with_text(signature: dict, prefer: str = "") -> List[str]:
 
 
 def check_run_folder(args, error: Error) -> None:
-    """An existing run name is refused unless it is resumed, as open_clip_train does (here before any work)."""
+    """An existing run name is refused unless it is resumed, as open_clip_train does (here before any work). A run
+    that ended before its first checkpoint holds nothing to continue or lose: its logs are set aside by
+    session.start_run and the same command runs again."""
     if not args.name or not args.logs or args.logs.lower() == "none" or args.resume == "latest":
         return
     run_dir = os.path.join(args.logs, args.name)
     logs = [name for name in ("out.log",) + tuple(f"out-{rank}" for rank in range(8))
             if os.path.exists(os.path.join(run_dir, name))]
-    if logs:
-        error(f"--name {args.name}: {run_dir} already holds a run ({logs[0]}); pass another --name, or "
-              f"--resume latest to continue it")
+    from training_ext.engine.checkpoint import find_latest_checkpoint
+    latest = find_latest_checkpoint(os.path.join(run_dir, "checkpoints")) if logs else None
+    if latest:
+        error(f"--name {args.name}: {run_dir} already holds a run with checkpoints ({os.path.basename(latest)}); "
+              f"pass another --name, or --resume latest to continue it")
 
 
 def check_resume(args, error: Error) -> None:

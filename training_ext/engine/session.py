@@ -29,6 +29,13 @@ except ImportError:
 
 # Handlers this run added to the root logger (removed again by finish_run).
 _RUN_LOG_HANDLERS = []
+_SET_ASIDE = []  # logs of runs that wrote no checkpoint, renamed before logging starts (named once it has)
+# ``extra=`` of a record meant for the run's log file only, not the terminal (the ~130 flag lines of every run)
+LOG_FILE_ONLY = {"log_file_only": True}
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "log_file_only", False)
 
 
 class RunSetupError(RuntimeError):
@@ -62,14 +69,25 @@ def start_run(args) -> torch.device:
         os.makedirs(run_dir, exist_ok=True)
         args.log_path = os.path.join(run_dir, f"out-{args.rank}" if args.log_local else "out.log")
         if os.path.exists(args.log_path) and not resume_latest:
-            raise RunSetupError(f"experiment {run_dir} already exists; pass another --name or --resume latest")
+            if find_latest_checkpoint(os.path.join(run_dir, "checkpoints")):
+                raise RunSetupError(f"experiment {run_dir} already exists; pass another --name or --resume latest")
+            # a run that stopped before its first checkpoint: keep its log beside, run again under the same name
+            kept = f"{args.log_path}.failed-{datetime.now():%Y%m%d-%H%M%S}"
+            os.replace(args.log_path, kept)
+            _SET_ASIDE.append(kept)
     handlers_before = list(logging.root.handlers)
     setup_logging(args.log_path, logging.DEBUG if args.debug else logging.INFO)
     _RUN_LOG_HANDLERS[:] = [h for h in logging.root.handlers if h not in handlers_before]
+    for handler in _RUN_LOG_HANDLERS:
+        if not isinstance(handler, logging.FileHandler):  # the terminal (a FileHandler is a StreamHandler too)
+            handler.addFilter(_not_file_only)
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch"):  # setup_logging lowered every logger; torch's INFO chatter is noise here
             logging.getLogger(name).setLevel(logging.WARNING)
 
+    for kept in _SET_ASIDE:
+        logging.info(f"{run_dir} held the log of a run that wrote no checkpoint: kept as {kept}, starting afresh")
+    _SET_ASIDE.clear()
     for note in getattr(args, "flag_notes", []):  # what TULIP's form and left-out flags were taken to mean
         logging.info(f"flags: {note}")
 
@@ -97,13 +115,16 @@ def start_run(args) -> torch.device:
 
 
 def write_params(args) -> None:
-    """params.txt and the log get every flag, as open_clip_train writes them."""
+    """params.txt and the run's log file get every flag, as open_clip_train writes them; the terminal one line
+    saying where they are."""
     if not is_master(args):
         return
-    with open(os.path.join(args.logs, args.name, "params.txt"), "w") as stream:
+    path = os.path.join(args.logs, args.name, "params.txt")
+    with open(path, "w") as stream:
         for name in sorted(vars(args)):
-            logging.info(f"  {name}: {getattr(args, name)}")
+            logging.info(f"  {name}: {getattr(args, name)}", extra=LOG_FILE_ONLY)
             stream.write(f"{name}: {getattr(args, name)}\n")
+    logging.info(f"flags: all {len(vars(args))} values in {path}" + (" and the log" if args.log_path else ""))
 
 
 def open_tensorboard(args) -> Optional["tensorboard.SummaryWriter"]:

@@ -63,7 +63,8 @@ class DistillStage(DistillFlags, TrainingStage):
         if from_teacher and uses_quick_gelu(teacher) and not args.force_quick_gelu:
             args.force_quick_gelu = True  # the student keeps the teacher's activation (TULIP's used GELU)
             logging.info("student: QuickGELU, the teacher's activation (--force-quick-gelu)")
-        student, preprocess_train, preprocess_val = create_clip(args, args.model, args.pretrained, device)
+        student, preprocess_train, preprocess_val = create_clip(args, args.model, args.pretrained, device,
+                                                                weights_follow=from_teacher)
         if from_teacher:
             init_student_from_teacher(student, teacher, args.teacher_model)
         models = StageModels(model=student, preprocess_train=preprocess_train, preprocess_val=preprocess_val,

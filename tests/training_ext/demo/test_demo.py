@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training_ext.demo.pipeline import TEACHER_LABEL, VARIANTS, DemoPlan, run_demo, stage1_label
+from training_ext.demo.pipeline import TEACHER_LABEL, VARIANTS, DemoPlan, planned_steps, run_demo, stage1_label
 from training_ext.demo.report import DIRECTIONS, LATE
 
 # starts subprocesses and runs the pipeline end to end
@@ -28,6 +28,15 @@ def test_reduced_demo_pipeline(tmp_path, capsys):
     assert [spec.split(":", 1)[1] for spec in run["models"].values()] == [str(c) for c in checkpoints]
     assert (plan.out / "recall_by_detail_position.png").stat().st_size > 0
     assert (plan.seed_dir(0) / "eval-ordinary" / "recall_by_length.png").stat().st_size > 0
+
+    # the steps the progress estimate planned for are the steps that ran
+    assert [(t["seed"], t["step"]) for t in outcome["timings"]] == [(s.seed, s.name) for s in planned_steps(plan)]
+
+    # a run's output is in its folder; a stage's flags are in its log file, not in what it printed
+    stage1 = plan.logs(0) / "stage1-rope"
+    assert "  lr: 0.001" in (stage1 / "out.log").read_text()
+    assert "  lr: 0.001" not in (stage1 / "console.txt").read_text()
+    assert "flags: all " in (stage1 / "console.txt").read_text()
 
     # the table the demo prints: a row per model under its short name, every cell filled
     out = capsys.readouterr().out
