@@ -12,8 +12,10 @@ Generates a ShareGPT4V-like CSV (TULIP's layout: tab-separated `filepath`, `titl
   touched (pytorch#13246), flat buffers are not;
 - generates a teacher cache of the same number of rows (random embeddings, width 768) and opens it.
 
-Image paths name `--distinct-images` small files (repeated), so the existence check makes one stat per row on a warm
-cache: on a network file system a cold stat costs more, which is why the check runs once per node.
+Image paths name `--distinct-images` small files (repeated) in one folder: the existence check lists each folder the
+names use once and looks the names up in the listing (ShareGPT4V's 1.2M images lie in a few dozen folders; pass
+`--distinct-images 1200000` for a listing as long as the rows). It runs once per node: on a network file system
+listing and stat-ing cost more than on a warm local cache.
 
 Targets (issue "ShareGPT4V scale"): each stage's dataset ready in <= 1/3 of CsvDataset's time with <= 1/2 of its
 added memory; a worker grows by <= 10 MB after touching 20,000 rows. Printed with met/MISSED.

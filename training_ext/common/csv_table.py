@@ -7,7 +7,9 @@ Quoting: a file is read as Python's ``csv`` module and pandas write it (``csv.wr
 may hold the separator, line breaks and doubled quotes (``""`` is one quote); any other field is taken verbatim,
 quotes included. A UTF-8 byte-order mark and CRLF line endings are accepted; empty lines are skipped; the first
 record is the header. Values stay text: ``NA``, ``null`` or ``1`` are captions, not missing values or numbers. The
-parser is pyarrow's CSV reader (Arrow's C++ parser: the same quoting rules, no Python object per row).
+parser is pyarrow's CSV reader (Arrow's C++ parser: the same quoting rules, no Python object per row); the training
+datasets' usual file, every record one line, is checked and located by numpy passes over its bytes instead
+(``_one_line_columns``: the same rules, no string per row), and any other file goes to pyarrow.
 
 Checks added to the standard rules (each error names the file, the line where the bad record starts and the fix):
 
@@ -68,7 +70,7 @@ class CsvTable:
     """
     path: str
     header: List[str]
-    columns: Dict[str, Sequence[str]]  # column name -> one value per data row (a list, or an Arrow array)
+    columns: Dict[str, Sequence[str]]  # column name -> a value per data row (a list, Arrow array, FieldRanges)
     rows: int = 0
     separator: str = DEFAULT_SEPARATOR
     multiline_rows: int = 0          # data rows holding a quoted field that spans lines
@@ -202,6 +204,235 @@ def line_starts(path: str, chunk: int = 1 << 26):
     return starts
 
 
+_CHUNK = 1 << 18  # bytes per numpy pass: a pass's temporaries stay in the CPU cache and are reused
+
+
+@dataclass
+class FieldRanges:
+    """One column of a CSV whose records are one line each, as the byte range of each data row's value in the file:
+    reading a 1.2M-row file makes no Python or Arrow string per row, and a value is read from the file (the OS page
+    cache) when needed. A quoted field's range leaves its two quotes out; ``doubled`` marks the quoted fields
+    that hold doubled quotes (``""`` is one quote of the value)."""
+    path: str
+    starts: object   # (rows,) int64 byte offsets
+    ends: object     # (rows,) int64
+    doubled: object  # (rows,) bool
+    lines: object    # (rows + 1,) int64: data row r's whole record is the bytes [lines[r], lines[r + 1])
+    data: object = field(default=None, repr=False, compare=False)  # the file's bytes (a memory map), shared
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, row: int):
+        """The value of data row ``row`` as a ``pyarrow`` string scalar (``.as_py()``), as an Arrow column gives it."""
+        return self.values([row])[0]
+
+    def _bytes(self):
+        return self.data if self.data is not None else _file_bytes(self.path)
+
+    def first_bytes(self):
+        """(rows,) int16: the first byte of each value, -1 for an empty value."""
+        import numpy as np
+        view = self._bytes()
+        first = view[np.minimum(self.starts, max(len(view) - 1, 0))].astype(np.int16)
+        first[self.ends <= self.starts] = -1
+        return first
+
+    def values(self, rows):
+        """The values of ``rows`` ((K,) int array), unquoted, as one ``pyarrow.LargeStringArray``."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        view = self._bytes()
+        # every value and every stretch between two values of the column, in file order, as one Arrow array over
+        # the file's bytes (no copy): the values are its even items, and Arrow's take copies those out
+        bounds = np.empty(2 * len(self) + 1, dtype=np.int64)
+        bounds[0:-1:2], bounds[1:-1:2], bounds[-1] = self.starts, self.ends, len(view)
+        pieces = pa.LargeStringArray.from_buffers(2 * len(self), pa.py_buffer(bounds), pa.py_buffer(view))
+        rows = np.asarray(rows, dtype=np.int64)
+        array = pieces.take(pa.array(2 * rows))
+        doubled = self.doubled[rows]
+        if doubled.any():
+            array = pc.if_else(pa.array(doubled), pc.replace_substring(array, '""', '"'), array)
+        return array
+
+    def lines_matching(self, pattern: str):
+        """(rows,) bool: whether RE2 ``pattern`` matches somewhere in each data row's whole record (a superset of
+        the rows whose value it matches, for a pattern that holds no quote, separator or line break), found by Arrow
+        over the file's bytes without a copy."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        records = pa.LargeStringArray.from_buffers(len(self), pa.py_buffer(self.lines - self.lines[0]),
+                                                   pa.py_buffer(self._bytes()[self.lines[0]:]))
+        return np.asarray(pc.match_substring_regex(records, pattern).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _file_bytes(path: str):
+    """The bytes of ``path`` as a read-only (size,) uint8 numpy array over a memory map (no copy); the map is
+    released with the last array that points into it."""
+    import numpy as np
+    if os.path.getsize(path) == 0:
+        return np.zeros(0, dtype=np.uint8)
+    with open(path, "rb") as handle:
+        return np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+
+
+def _one_line_segment(view, low: int, high: int, sep: int, start: int):
+    """The bytes [low, high) of a file (whole lines; ``start``: where the first field of the file starts, after a
+    BOM) checked as lines of one-line records: (line feed positions, carriage return positions, positions of the
+    separators outside quoted fields, quote positions, whether every byte is ASCII), or None when a line breaks a
+    rule or a quoted field spans lines (see ``_one_line_columns``)."""
+    import numpy as np
+    signed, parts, kinds, ascii_only = view.view(np.int8), [], [], True
+    for offset in range(low, high, _CHUNK):
+        chunk = view[offset:min(offset + _CHUNK, high)]
+        # as signed bytes, "< 14" finds line feeds, carriage returns, tabs and every byte of a non-ASCII character
+        # (>= 128) in one pass, so an ASCII file needs no separate UTF-8 check
+        special = signed[offset:offset + len(chunk)] < 14
+        special |= chunk == 34
+        if sep >= 14:
+            special |= chunk == sep
+        found = np.flatnonzero(special)
+        kind = chunk[found]
+        if (kind >= 128).any():
+            ascii_only, found, kind = False, found[kind < 128], kind[kind < 128]
+        parts.append(found + offset)
+        kinds.append(kind)
+    positions = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    kinds = np.concatenate(kinds) if kinds else np.zeros(0, dtype=np.uint8)
+    is_feed, is_quote, is_separator = kinds == 10, kinds == 34, kinds == sep
+    feeds, quotes, separators = positions[is_feed], positions[is_quote], positions[is_separator]
+    returns = positions[kinds == 13]
+    if len(returns) and (returns[-1] + 1 >= len(view) or (view[returns + 1] != 10).any()):
+        return None  # a lone carriage return ends a line too: the full reader handles it
+    if not len(quotes):
+        return feeds, returns, separators, quotes, ascii_only
+    line_of = np.cumsum(is_feed)  # the line (in this segment) of every special byte after a line feed
+    line_of -= is_feed
+    quote_tokens = np.flatnonzero(is_quote)
+    run_first = np.flatnonzero(np.diff(quotes, prepend=-2) != 1)
+    run_start = quotes[run_first]
+    run_length = np.diff(run_first, append=len(quotes))
+    run_line = line_of[quote_tokens[run_first]]
+    before = view[np.maximum(run_start - 1, 0)]
+    at_field_start = (run_start == start) | ((run_start > start) & ((before == sep) | (before == 10)))
+    odd = run_length % 2 == 1
+    index = np.arange(len(run_start))
+    first_of_line = np.diff(run_line, prepend=-1) != 0
+    # the last closing run (an odd run not at a field's start) or line start before each run, and the parity of
+    # the toggling runs (odd, at a field's start) since: whether a quoted field is open after the run
+    anchor = np.maximum.accumulate(np.where(~at_field_start & odd, index + 1, np.where(first_of_line, index, 0)))
+    toggled = np.concatenate([[0], np.cumsum(at_field_start & odd)])
+    inside_after = (toggled[index + 1] - toggled[anchor]) % 2 == 1
+    inside_before = np.where(first_of_line, False, np.roll(inside_after, 1))
+    closing = np.flatnonzero((at_field_start & ~odd & ~inside_before) | (inside_before & odd))
+    after_end = run_start[closing] + run_length[closing]
+    after = view[np.minimum(after_end, len(view) - 1)]
+    if not ((after_end == len(view)) | (after == sep) | (after == 10) | (after == 13)).all():
+        return None  # a quoted field followed by more text: the full reader names it
+    if inside_after[np.diff(run_line, append=len(feeds) + 1) != 0].any():
+        return None  # a quoted field spans lines
+    # the last run before each separator, on the same line: the separator is inside a quoted field when one is open
+    last_run = np.full(len(kinds), -1)
+    last_run[quote_tokens[run_first]] = index
+    last_run = np.maximum.accumulate(last_run)[is_separator]
+    quoted = last_run >= 0
+    quoted[quoted] = run_line[last_run[quoted]] == line_of[is_separator][quoted]
+    quoted[quoted] = inside_after[last_run[quoted]]
+    return feeds, returns, separators[~quoted], quotes, ascii_only
+
+
+def _one_line_columns(path: str, separator: str, header: List[str], names: Sequence[str]):
+    """For a file whose records are all one line, valid by every rule above, and valid UTF-8: (record starts,
+    {name: FieldRanges}) of the columns ``names``, found by numpy passes over the file's bytes (no parse into
+    strings); None for any other file (a field spanning lines, an empty line, a lone carriage return, any broken
+    rule, a separator that is not one ASCII byte): the full reader reads it, or names what is wrong.
+
+    How: the positions of the line feeds, separators, quotes and carriage returns are found a chunk at a time.
+    Quotes are grouped into runs of adjacent quotes; outside a quoted field a run at a field's start opens one (an
+    odd run leaves it open, an even one opens and closes it), any other run is verbatim; inside, an odd run closes
+    it and an even one is doubled quotes. So an odd run at a field's start toggles the state and an odd run
+    elsewhere leaves it closed: the state after each run is the parity of the toggling runs since the last
+    closing run or line start, computed by cumulative sums. Separators inside quoted fields are not counted.
+    Lines are independent, so the file is cut at line feeds into one segment per CPU, scanned in threads (numpy
+    releases the GIL)."""
+    import numpy as np
+    import pyarrow as pa
+    from concurrent.futures import ThreadPoolExecutor
+    sep_bytes = separator.encode(ENCODING)
+    if len(sep_bytes) != 1:
+        return None
+    sep = sep_bytes[0]
+    view = _file_bytes(path)
+    size = len(view)
+    if not size:
+        return None
+    start = len(_BOM) if view[:len(_BOM)].tobytes() == _BOM else 0
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    cuts = [0]
+    for point in range(1, workers if size >= 16 * _CHUNK else 1):
+        feed = _next_feed(view, max(point * size // workers, cuts[-1]))
+        if feed < 0 or feed + 1 >= size:
+            break
+        cuts.append(feed + 1)
+    cuts.append(size)
+    with ThreadPoolExecutor(len(cuts) - 1) as pool:
+        segments = list(pool.map(lambda bounds: _one_line_segment(view, *bounds, sep, start),
+                                 zip(cuts[:-1], cuts[1:])))
+    if any(segment is None for segment in segments):
+        return None
+    feeds, returns, separators, quotes = (np.concatenate(parts) for parts in zip(*[segment[:4] for segment in
+                                                                                     segments]))
+    if not all(segment[4] for segment in segments):
+        try:  # Arrow's UTF-8 check of the whole file
+            pa.LargeStringArray.from_buffers(1, pa.py_buffer(np.array([0, size], dtype=np.int64)),
+                                             pa.py_buffer(view)).validate(full=True)
+        except pa.ArrowInvalid:
+            return None
+    lines = np.concatenate([[0], feeds + 1])
+    if lines[-1] != size:
+        lines = np.append(lines, size)
+    count, width = len(lines) - 1, len(header) - 1
+    ends = feeds if len(feeds) == count else np.append(feeds, size)  # the last line may end without a feed
+    if len(returns):  # each is followed by a line feed (checked): that line ends before it
+        ends = ends.copy()
+        ends[np.searchsorted(feeds, returns + 1)] -= 1
+    begins = lines[:-1].copy()
+    begins[0] = start
+    if (ends <= begins).any():
+        return None  # an empty line (the full reader skips it)
+    if len(separators) != count * width:
+        return None  # a record with another number of fields
+    # sorted separators, as many as every line needs: each line has its share when each share lies in its line
+    grid = separators.reshape(count, width)
+    if width and ((grid[:, 0] < begins) | (grid[:, -1] >= ends)).any():
+        return None
+    columns = {}
+    for name in names:
+        column = header.index(name)
+        first = (begins if column == 0 else grid[:, column - 1] + 1)[1:]
+        last = (ends if column == width else grid[:, column])[1:]
+        is_quoted = (last > first) & (view[np.minimum(first, size - 1)] == 34)
+        if (last - is_quoted < first + is_quoted).any():
+            return None  # cannot happen after the checks above; Arrow must never see a range that ends first
+        doubled = is_quoted.copy()
+        doubled[is_quoted] = np.searchsorted(quotes, last[is_quoted]) - np.searchsorted(quotes, first[is_quoted]) > 2
+        columns[name] = FieldRanges(path, first + is_quoted, last - is_quoted, doubled, lines[1:], view)
+    return lines[1:], columns
+
+
+def _next_feed(view, position: int) -> int:
+    """The position of the first line feed at or after ``position``, -1 when none."""
+    import numpy as np
+    while position < len(view):
+        found = np.flatnonzero(view[position:position + (1 << 16)] == 10)
+        if len(found):
+            return position + int(found[0])
+        position += 1 << 16
+    return -1
+
+
 def _raise_at_record(path: str, separator: str, byte_offset: int, what: str):
     """Stop naming the line where the bad record starts: the strict csv pass raises there; if it does not, the line
     of ``byte_offset`` is named."""
@@ -281,7 +512,8 @@ def read_csv_table(path: str, columns_by_flag: Mapping[str, Optional[str]],
     next call with the same arguments on the unchanged file, which returns it instead of reading again (a check
     before any model is built, then the dataset). With ``arrow``, each column is one
     ``pyarrow.ChunkedArray`` of large strings (flat buffers, no Python object per row: what the training datasets
-    keep), else a list of ``str``.
+    keep) or, for a file whose records are one line each, a ``FieldRanges`` (each row's byte range in the file: no
+    text held; ``values(rows)`` gives Arrow strings), else a list of ``str``.
 
     Raises FileNotFoundError; TextDecodeError (a file that is not UTF-8: line and byte offset); CsvColumnError (a
     column is missing: names the flag to set and, for a file written with another separator, ``--csv-separator``);
@@ -316,6 +548,11 @@ def _read(path: str, wanted: Mapping[str, str], separator: str, image_key: Optio
                 f"{path}: no column {column!r} (the header, split at {_separator_name(separator)}s, has "
                 f"{', '.join(map(repr, header))}); set the column with {flag}" + _separator_hint(header, separator))
     image_key = image_key or wanted.get("--csv-img-key")
+    fast = _one_line_columns(path, separator, header, list(wanted.values())) if arrow and header_line == 1 else None
+    if fast is not None:  # the usual file, checked by every rule without parsing it into strings
+        starts, columns = fast
+        return CsvTable(path=path, header=header, columns=columns, rows=len(starts) - 1, separator=separator,
+                        first_data_line=2, record_starts=starts)
     spans_lines = _check_quoted_fields(path, separator)
     needed = set(wanted.values()) or set(header[:1])
     try:

@@ -1,8 +1,9 @@
 """Map-style training datasets over an open_clip CSV, sized for ShareGPT4V (1.2M rows, 8 ranks x several workers).
 
 The kept rows are one numpy index array, and no Python object per row is kept. When every record of the CSV is one
-line (the usual case: a caption with a line break must be quoted across lines), the dataset holds each row's byte
-offset and reads the row from the file when a sample is asked for: the text stays in the OS page cache, shared by
+line (the usual case: a caption with a line break must be quoted across lines), the reader makes no string per
+row (training_ext.common.csv_table.FieldRanges), the dataset holds each row's byte offset and reads the row from
+the file when a sample is asked for: the text stays in the OS page cache, shared by
 every rank and worker of the node. Otherwise the columns stay in the reader's Arrow buffers
 (training_ext.common.csv_table with ``arrow=True``), which forked DataLoader workers share until written (a list of
 a million ``str`` would be copied page by page as each worker touches the objects' reference counts,
@@ -10,10 +11,15 @@ pytorch#13246). Captions are cleaned, short captions derived and image paths res
 
 Checks made before training: a caption that is empty or white space only, or holds no text once tokenized by the
 dataset's tokenizer, is skipped and counted (the rule of every source, training_ext.data.skips; only the captions
-``TextCheck.suspect`` names are tokenized for it, found by Arrow without a Python object per row); an image file
-that does not exist stops the run naming the row, or with ``skip_missing`` is skipped and counted. The image files are checked once per node, by its local rank 0, and the
-result is shared with the node's other ranks (training_ext.data.node_shared).
+``TextCheck.suspect`` names are tokenized for it, found by Arrow without a Python object per row; of a file of
+one-line records only the captions that do not start with an ASCII letter or digit, or whose record holds one of
+the marks, are read for it); an image file that does not exist stops the run naming the row, or with
+``skip_missing`` is skipped and counted. The image files are checked once per node, by its local rank 0 (each
+folder the names use listed once), and the result is shared with the node's other ranks
+(training_ext.data.node_shared).
 """
+import collections
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -27,7 +33,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from training_ext.common.captions import clean_caption, short_caption_for
-from training_ext.common.csv_table import CsvTable, image_base, read_csv_table, resolve_image_path
+from training_ext.common.csv_table import CsvTable, FieldRanges, image_base, read_csv_table, resolve_image_path
 from training_ext.common.text_files import ENCODING
 from training_ext.data.node_shared import once_per_node
 from training_ext.data.skips import EMPTY_CAPTION, NO_IMAGE, SHOWN, SkipLog, TextCheck, decode_image
@@ -102,9 +108,13 @@ def _column(table: CsvTable, name: str, rows: np.ndarray, convert: Callable[[str
 
 
 def _release_arrow_memory() -> None:
-    """Hand the reader's freed Arrow buffers back to the system (the pool keeps them otherwise)."""
+    """Hand the reader's freed Arrow buffers back to the system (the pool keeps them otherwise), and the C heap's
+    freed memory: glibc keeps what the reader's threads freed in their own arenas (some 150 MB for a 1.2M-row file)."""
+    import ctypes
     import pyarrow as pa
     pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _locator(table: CsvTable) -> Callable[[int], str]:
@@ -112,20 +122,46 @@ def _locator(table: CsvTable) -> Callable[[int], str]:
     return dataclasses.replace(table, columns={}).where
 
 
+# the ASCII letters and digits: a caption whose first character is one is neither blank nor without a letter
+_ALNUM = np.zeros(256, dtype=bool)
+_ALNUM[[ord(c) for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"]] = True
+
+
+def _caption_parts(column, text_check: Optional[TextCheck]):
+    """(rows, values) pairs: the Arrow string values of every row whose caption could be blank or hold no text once
+    tokenized. An Arrow column is one part, whole. Of a FieldRanges column (a file of one-line records) only the rows
+    whose caption does not start with an ASCII letter or digit are read, and, when ``text_check`` tokenizes, those
+    whose record holds one of its marks (a superset: a mark holds no quote, separator or line break)."""
+    if not isinstance(column, FieldRanges):
+        yield np.arange(len(column)), column
+        return
+    first = column.first_bytes()
+    maybe = (first < 0) | ~_ALNUM[np.maximum(first, 0)]
+    if text_check is not None and text_check.tokenizers:
+        # a mark with a quote would be written doubled in a quoted field: then every caption is read
+        maybe |= column.lines_matching(text_check.pattern) if '"' not in text_check.pattern else True
+    rows = np.flatnonzero(maybe)
+    if len(rows):
+        yield rows, column.values(rows)
+
+
 def captioned_rows(table: CsvTable, key: str, skips: SkipLog, text_check: Optional[TextCheck] = None) -> np.ndarray:
     """(K,) int64: the data rows whose caption in column ``key`` is not empty or blank and, with ``text_check``,
     holds text once tokenized; the others are skipped and counted (the first few named by file line). Only the
-    rows ``text_check.suspect_rows`` names are read into Python and tokenized. Raises ValueError when none is
-    left."""
+    rows ``text_check.suspect_rows`` names are read into Python and tokenized (and, of a file of one-line records,
+    only the captions ``_caption_parts`` picks are read at all). Raises ValueError when none is left."""
     column = table.columns[key]
-    empty = np.array(blank_rows(column), dtype=bool)  # a writable copy: Arrow's may be read-only
+    empty = np.zeros(len(column), dtype=bool)
     details = {}
-    if text_check is not None:
-        for row in np.flatnonzero(text_check.suspect_rows(column) & ~empty):
-            detail = text_check.why_empty(clean_caption(column[int(row)].as_py()))
-            if detail:
-                details[int(row)] = detail
-        empty[list(details)] = True
+    for rows, values in _caption_parts(column, text_check):
+        blank = np.asarray(blank_rows(values), dtype=bool)
+        empty[rows[blank]] = True
+        if text_check is not None:
+            for index in np.flatnonzero(text_check.suspect_rows(values) & ~blank):
+                detail = text_check.why_empty(clean_caption(values[int(index)].as_py()))
+                if detail:
+                    details[int(rows[index])] = detail
+    empty[list(details)] = True
     for count, row in enumerate(np.flatnonzero(empty)):
         skips.skip(EMPTY_CAPTION, f"{table.where(row)} column {key!r}" if count < SHOWN else "",
                    details.get(int(row), ""))
@@ -176,22 +212,79 @@ class CsvTextDataset(Dataset):
         return (self.tokenize([self.captions[index]])[0],)
 
 
-def existing_files(column, rows: np.ndarray, base: str, chunk: int = 1 << 16) -> np.ndarray:
-    """(len(rows),) bool: whether the image file named in Arrow string ``column`` at each of ``rows`` exists, a
-    relative name taken from ``base`` (as ``resolve_image_path`` takes it). One ``stat`` per row; the names are
-    materialised a chunk at a time, so a million rows never live as Python strings at once."""
+def _take(column, rows: np.ndarray):
+    """The values of ``rows`` of an Arrow string column or a FieldRanges column, as Arrow strings."""
+    import pyarrow as pa
+    return column.values(rows) if isinstance(column, FieldRanges) else column.take(pa.array(rows))
+
+
+# a folder named by at least this many rows is listed once instead of stat-ing each of its files, unless it holds
+# more than 4 entries per name plus this many (then stat-ing the names costs less than listing it)
+_LISTED = 64
+_LISTING_SLACK = 4096
+_NO_FOLDER = "no folder"  # what _listed_files gives for a folder that does not exist
+
+
+def _listed_files(folder: str, wanted: float):
+    """The names of the files (symbolic links followed, as ``os.path.isfile`` follows them) in ``folder``;
+    ``_NO_FOLDER`` when it does not exist; None when it cannot be listed, or holds so many more entries than the
+    ``wanted`` names that stat-ing those is cheaper."""
+    limit = 4 * wanted + _LISTING_SLACK
+    try:
+        with os.scandir(folder) as entries:
+            names = []
+            for count, entry in enumerate(entries):
+                if count > limit:
+                    return None
+                if entry.is_file():
+                    names.append(entry.name)
+            return names
+    except (FileNotFoundError, NotADirectoryError):
+        return _NO_FOLDER
+    except OSError:
+        return None
+
+
+def existing_files(column, rows: np.ndarray, base: str, chunk: int = 1 << 16, sample: int = 4096) -> np.ndarray:
+    """(len(rows),) bool: whether the image file named in ``column`` (an Arrow string column, or a FieldRanges
+    column) at each of ``rows`` exists, a relative name taken from ``base`` (as ``resolve_image_path`` takes it).
+
+    The folders (as written: the text up to a name's last "/") that an even ``sample`` of the names shows to hold
+    at least ``_LISTED`` of them are listed once each (``os.scandir``: ShareGPT4V's 1.2M names point into a few
+    dozen folders), and every name is looked up among the listed files by Arrow; a name under a folder that does
+    not exist is missing. Any other name (a rarer folder, a name starting with ``~``, a name a listing does not
+    hold) is checked with one ``stat``, a ``chunk`` of names at a time, so a million rows never live as Python
+    strings at once."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    present = np.empty(len(rows), dtype=bool)
-    prefix = os.path.join(base, "")
+    names = _take(column, rows)
+    if isinstance(names, pa.ChunkedArray):
+        names = names.combine_chunks()
+    present = np.zeros(len(rows), dtype=bool)
+    settled = np.zeros(len(rows), dtype=bool)  # by a listing: found there, or under a folder that does not exist
+    picked = names.take(pa.array(np.linspace(0, len(rows) - 1, min(len(rows), sample)).astype(np.int64)))
+    folders = collections.Counter(name[:name.rfind("/") + 1] for name in picked.to_pylist() if name[:1] != "~")
+    listed = []
+    for folder, hits in folders.items():
+        wanted = hits * len(rows) / len(picked)
+        if wanted < _LISTED:
+            continue
+        listing = _listed_files(os.path.join(base, folder) if folder else base, wanted)
+        if listing is _NO_FOLDER:
+            if folder:  # ("" is every name's folder: an absolute name may still exist)
+                settled |= np.asarray(pc.starts_with(names, folder), dtype=bool)
+        elif listing is not None:
+            listed.extend(folder + name for name in listing)
+    if listed:
+        found = np.asarray(pc.is_in(names, value_set=pa.array(listed, names.type)), dtype=bool)
+        present |= found
+        settled |= found
+    settled &= ~np.asarray(pc.starts_with(names, "~"), dtype=bool)  # expanded by resolve_image_path
     for start in range(0, len(rows), chunk):
-        names = column.take(pa.array(rows[start:start + chunk]))
-        # os.path.join(base, name) for every name at once: an absolute name stands alone ("~" is expanded below)
-        joined = pc.if_else(pc.starts_with(names, "/"), names, pc.binary_join_element_wise(
-            pa.scalar(prefix, names.type), names, pa.scalar("", names.type)))
-        present[start:start + chunk] = [
-            os.path.isfile(resolve_image_path(name, base) if name[:1] == "~" else path)
-            for path, name in zip(joined.to_pylist(), names.to_pylist())]
+        stat = np.flatnonzero(~settled[start:start + chunk]) + start
+        if len(stat):
+            present[stat] = [os.path.isfile(resolve_image_path(name, base))
+                             for name in names.take(pa.array(stat)).to_pylist()]
     return present
 
 
