@@ -186,6 +186,27 @@ class RelPosTextTransformer(nn.Module):
         for block in self.transformer.resblocks:
             block.attn.cope_impl = impl
 
+    def set_position_scaling(self, kind: str, context_length: int) -> dict:
+        """Read ``context_length`` tokens with RoPE position scaling ``kind`` ('none', 'ntk', 'yarn'; defined in
+        ``open_clip_ext.rope``) over the context the tower was built with: a runtime override, not saved and not a
+        config edit (``position_config``, which the loader checks checkpoints against, is unchanged). Tokenize with
+        ``open_clip.get_tokenizer(name, context_length=context_length)``. Returns the setting, as ``position_scaling``:
+        {'kind', 'trained_length', 'context_length'}.
+
+        Raises ValueError on a CoPE tower (its per-layer position table has no entry past the length it was built
+        with), for an unknown kind or a non-positive length."""
+        if self.position != "rope":
+            raise ValueError(
+                f"position scaling needs a RoPE tower; this one is {self.position!r}: its per-layer position table "
+                f"has {self.context_length} entries and none past them, so it cannot read a longer context (build it "
+                f"at the longer length and train the table there, as TULIP's CoPE stage 2 does)")
+        rotary = self.transformer.rotary
+        rotary.set_scaling(kind, context_length)
+        self.context_length = self.num_pos = context_length
+        self.position_scaling = {"kind": kind, "trained_length": rotary.trained_length,
+                                 "context_length": context_length}
+        return self.position_scaling
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.transformer.grad_checkpointing = enable

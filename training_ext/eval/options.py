@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument("--bucket-column-edges", metavar="E1,E2,...",
                           help="upper bucket edges for a numeric --bucket-by-column (v <= E1, E1 < v <= E2, ..., "
                                "v > last) instead of the quantile buckets")
+    longer = parser.add_argument_group("reading past the trained context (RoPE towers)")
+    longer.add_argument("--context-length", type=int, default=None, metavar="N",
+                        help="evaluate every model at N tokens: its tokenizer at N, and a RoPE tower read at N with "
+                             "--position-scaling over the context it was built with (a runtime override: the "
+                             "checkpoint is loaded, and checked, as trained). CoPE and absolute-position towers "
+                             "(stock CLIP, Long-CLIP, uniform) have no positions past their table and are refused "
+                             "unless N is their own context")
+    longer.add_argument("--position-scaling", choices=["none", "ntk", "yarn"], default=None,
+                        help="how a RoPE tower reads past its trained length L, s = N / L (default none): none = "
+                             "the trained frequencies, positions past L rotate further; ntk = NTK-aware base "
+                             "theta * s^(d/(d-2)); yarn = YaRN (arXiv 2309.00071: per-frequency interpolation, "
+                             "alpha 1, beta 32, attention temperature sqrt(1/t) = 0.1 ln s + 1). Needs --context-length")
     parser.add_argument("--output-dir", default="eval_results", help="where results.json, results.md and "
                                                                      "recall_by_length.png go")
     parser.add_argument("--batch-size", type=int, default=None,

@@ -5,7 +5,9 @@ and whether it was checked against that code, any image transform the peer appli
 preprocess, image and caption counts (and the full release's, when they differ), the caption normalisation,
 blank captions kept and files the protocol skips, what the reader noted (e.g. the caption source), a sha256 over
 the ordered (image file, caption) list, how many captions the model's context cuts and by how many tokens on
-average, the tie rule with how far exact ties could move each R@1, and the precision.
+average (long-caption benchmarks: also how many exceed 248 and 512 tokens), the RoPE position scaling when the
+model is read past its trained context, the tie rule with how far exact ties could move each R@1, and the
+precision.
 
 The sha256 is machine-independent: each image is named by its path relative to the folder all the benchmark's
 images share, and the digest runs over one JSON line ``["<image>", "<caption>"]`` per caption, in order
@@ -70,12 +72,24 @@ def context_fields(token_counts: Optional[Sequence[int]], context_length: int) -
             "mean_tokens_cut": round(sum(cut) / len(cut), 2) if cut else 0.0}
 
 
+def length_counts(token_counts: Sequence[int], lengths: Sequence[int]) -> Dict:
+    """{'N': how many token counts exceed N} for each N of ``lengths`` (string keys, as JSON keeps them)."""
+    return {str(n): sum(count > n for count in token_counts) for n in lengths}
+
+
 def model_card(dataset: Dict, token_counts: Optional[Sequence[int]], context_length: int, tie_rule: str,
-               precision: str, ties: Optional[Dict] = None) -> Dict:
-    """ties: {direction: retrieval.tie_report(...)} of the result, or None."""
+               precision: str, ties: Optional[Dict] = None, position_scaling: Optional[Dict] = None,
+               over_lengths: Sequence[int] = ()) -> Dict:
+    """ties: {direction: retrieval.tie_report(...)} of the result, or None. position_scaling: the RoPE tower's
+    setting when read past its trained context (``RelPosTextTransformer.set_position_scaling``), else None.
+    over_lengths: token counts (the model's own tokenizer, untruncated, special tokens included) whose number of
+    captions exceeding each the card reports."""
     from training_ext.common.retrieval import TIE_RULES
-    return {**dataset, **context_fields(token_counts, context_length),
-            "tie_rule": tie_rule, "tie_rule_meaning": TIE_RULES[tie_rule], "ties": ties, "precision": precision}
+    card = {**dataset, **context_fields(token_counts, context_length), "position_scaling": position_scaling}
+    if over_lengths and token_counts is not None:
+        card["captions_over"] = length_counts(token_counts, over_lengths)
+    return {**card, "tie_rule": tie_rule, "tie_rule_meaning": TIE_RULES[tie_rule], "ties": ties,
+            "precision": precision}
 
 
 DIRECTION_NAMES = {"image_to_text": "I2T", "text_to_image": "T2I", "image_to_class": "ZS"}
@@ -128,6 +142,16 @@ def format_card(card: Dict, model: str) -> str:
     lines += [
         f"  sha256:         {card['sha256']}",
         f"  context:        {context}",
+    ]
+    if card.get("captions_over"):
+        lines.append("  long captions:  " + ", ".join(
+            f"{count} over {n}" for n, count in card["captions_over"].items())
+            + " tokens (the model's tokenizer, untruncated)")
+    scaling = card.get("position_scaling")
+    if scaling:
+        lines.append(f"  positions:      RoPE built at {scaling['trained_length']} tokens, read at "
+                     f"{scaling['context_length']} with position scaling {scaling['kind']} (runtime override)")
+    lines += [
         f"  tie rule:       {card['tie_rule']} ({card['tie_rule_meaning']})",
         f"  ties:           {ties_line(card.get('ties'))}",
         f"  precision:      {card['precision']}",

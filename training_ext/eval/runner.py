@@ -44,6 +44,8 @@ from training_ext.common.retrieval import (DEFAULT_CHUNK_ELEMENTS, TIE_RULES, re
 # open_clip model names that carry a schema of their own before the name proper
 _NAME_SCHEMAS = ("hf-hub:", "local-dir:")
 RETRIEVAL_KS = (1, 5, 10)
+# The long-caption benchmarks' cards count the captions longer than these (TULIP's 248, a 512-token context).
+LONG_CAPTION_COUNTS = (248, 512)
 
 @dataclass
 class ModelSpec:
@@ -59,6 +61,7 @@ class LoadedModel:
     preprocess: Callable
     tokenizer: Callable
     context_length: int
+    position_scaling: Optional[dict] = None  # --context-length on a RoPE tower: RelPosTextTransformer's setting
 
 
 @dataclass
@@ -100,6 +103,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                      "would give ('ties' in results.json and the protocol card)")
     if args.tie_rule not in TIE_RULES:
         parser.error(f"--tie-rule {args.tie_rule!r}: choose from {', '.join(sorted(TIE_RULES))}")
+    if args.position_scaling and args.context_length is None:
+        parser.error("--position-scaling says how a RoPE tower reads a longer context: give --context-length N too")
+    if args.context_length is not None and args.context_length < 1:
+        parser.error(f"--context-length {args.context_length}: give a positive number of tokens")
+    if args.context_length is not None:
+        args.position_scaling = args.position_scaling or "none"
     if args.coco_karpathy_captions and not args.coco_karpathy_5k:
         parser.error("--coco-karpathy-captions gives the captions of --coco-karpathy-5k: give that benchmark too")
     args.length_buckets = args.length_buckets or ",".join(map(str, DEFAULT_BUCKET_EDGES))
@@ -206,13 +215,56 @@ def attach_bucket_column(args, selected: List[SelectedBenchmark]) -> None:
               file=sys.stderr)
 
 
-def load_model(spec: ModelSpec, device: str, seed: int) -> LoadedModel:
+def longer_context_refusal(spec: ModelSpec, position: Optional[str], own_context: int,
+                           context_length: Optional[int]) -> Optional[str]:
+    """Why --context-length cannot apply to a tower with positions ``position`` ('rope', 'cope', anything else:
+    an absolute table) built at ``own_context`` tokens; None when it can."""
+    if context_length is None or position == "rope" or context_length == own_context:
+        return None
+    if position == "cope":
+        what = (f"a CoPE tower: its per-layer position table has {own_context} entries and none past them "
+                f"(TULIP's CoPE stage 2 builds and trains the table at the longer length)")
+    else:
+        what = (f"its text tower reads absolute positions from a table of {own_context} rows (stock CLIP, Long-CLIP "
+                f"and uniform towers) and has no row past them")
+    return (f"--model {spec.spec} cannot be read at --context-length {context_length}: {what}; evaluate it in a "
+            f"run without --context-length")
+
+
+def check_longer_context(spec: ModelSpec, context_length: Optional[int]) -> None:
+    """--context-length against the model's config, before any model is built (a name open_clip has no config
+    for, e.g. hf-hub:, is checked after loading)."""
+    cfg = open_clip.get_model_config(spec.name) if context_length is not None else None
+    if cfg:
+        text_cfg = cfg.get("text_cfg", {})
+        problem = longer_context_refusal(spec, text_cfg.get("pos_embed_type"),
+                                         text_cfg.get("context_length", open_clip.factory.DEFAULT_CONTEXT_LENGTH),
+                                         context_length)
+        if problem:
+            raise ValueError(problem)
+
+
+def load_model(spec: ModelSpec, device: str, seed: int, context_length: Optional[int] = None,
+               position_scaling: Optional[str] = None) -> LoadedModel:
+    """The model as trained, then (``context_length``) a RoPE tower read at that length with ``position_scaling``
+    (a runtime override after loading: the checkpoint is checked against the config it was trained with)."""
     torch.manual_seed(seed)  # a model without weights is then the same random model on every run
     model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=spec.pretrained, device=device)
     model.eval()
-    tokenizer = open_clip.get_tokenizer(spec.name)
+    scaling = None
+    if context_length is not None:
+        text = getattr(model, "text", None)
+        position = getattr(text, "position", None)
+        problem = longer_context_refusal(spec, position, model.context_length, context_length)
+        if problem:
+            raise ValueError(problem)
+        if position == "rope":
+            scaling = text.set_position_scaling(position_scaling, context_length)
+            model.context_length = context_length
+    tokenizer = open_clip.get_tokenizer(spec.name, **({} if context_length is None else
+                                                      {"context_length": context_length}))
     context_length = getattr(tokenizer, "context_length", None) or model.context_length
-    return LoadedModel(spec, model, preprocess, tokenizer, int(context_length))
+    return LoadedModel(spec, model, preprocess, tokenizer, int(context_length), scaling)
 
 
 def _encoding_options(args) -> dict:
@@ -243,7 +295,8 @@ def evaluate_retrieval(loaded: LoadedModel, selected: SelectedBenchmark, args) -
     metrics = recall_metrics(image_ranks, text_ranks, RETRIEVAL_KS)
     ties = {"image_to_text": tie_report(image_bounds, RETRIEVAL_KS),
             "text_to_image": tie_report(text_bounds, RETRIEVAL_KS)}
-    card = model_card(selected.card, token_counts, loaded.context_length, args.tie_rule, args.precision, ties)
+    card = model_card(selected.card, token_counts, loaded.context_length, args.tie_rule, args.precision, ties,
+                      loaded.position_scaling, () if selected.benchmark.short_captions else LONG_CAPTION_COUNTS)
     numbers = {
         "num_images": len(data.image_paths),
         "num_captions": len(data.captions),
@@ -297,7 +350,7 @@ def evaluate_zero_shot(loaded: LoadedModel, selected: SelectedBenchmark, args) -
     return {"num_images": len(data.image_paths), "num_classes": len(data.classnames),
             "metrics": {"top1": accuracy[1], "top5": accuracy[5]}, "ties": ties,
             "protocol_card": model_card(selected.card, None, loaded.context_length, args.tie_rule, args.precision,
-                                        ties)}
+                                        ties, loaded.position_scaling)}
 
 
 def _checkpoint_of(spec: ModelSpec) -> Optional[str]:
@@ -312,7 +365,7 @@ def evaluate_model(loaded: LoadedModel, selected: SelectedBenchmark, args) -> di
     numbers = evaluate(loaded, selected, args)
     return {
         "model": loaded.spec.spec, "model_name": loaded.spec.name, "checkpoint": _checkpoint_of(loaded.spec),
-        "context_length": loaded.context_length,
+        "context_length": loaded.context_length, "position_scaling": loaded.position_scaling,
         "benchmark": selected.benchmark.name, "protocol": selected.benchmark.protocol,
         "source": os.path.abspath(selected.source), "tie_rule": args.tie_rule,
         **numbers,
@@ -380,6 +433,7 @@ def preflight(args) -> Tuple[List[ModelSpec], List[SelectedBenchmark]]:
     specs = [parse_model_spec(s) for s in args.model_specs]
     for spec in specs:
         check_model_spec(spec)
+        check_longer_context(spec, args.context_length)
     selected = load_benchmarks(args)
     check_output_dir(args.output_dir)
     return specs, selected
@@ -398,9 +452,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         pending = [s.spec for s in specs[index:]]
         selected = None
         try:
-            loaded = load_model(spec, args.device, args.seed)
+            loaded = load_model(spec, args.device, args.seed, args.context_length, args.position_scaling)
             models.append({"model": spec.spec, "model_name": spec.name, "checkpoint": _checkpoint_of(spec),
-                           "context_length": loaded.context_length,
+                           "context_length": loaded.context_length, "position_scaling": loaded.position_scaling,
                            "num_parameters": sum(p.numel() for p in loaded.model.parameters())})
             for selected in selected_benchmarks:
                 print(f"evaluating {spec.spec} on {selected.benchmark.name}", file=sys.stderr)
