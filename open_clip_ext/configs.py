@@ -12,6 +12,11 @@ Two absolute-position variants are derived the same way, for comparison: "longcl
 table with frozen leading rows, see longclip.py; custom text tower) and "uniform" (a stock CLIP whose 77 learned
 positions open_clip itself resizes uniformly on load, i.e. ``force_context_length``; stock CLIP class).
 
+A Hugging Face text tower (``text_cfg.hf_model_name``: XLM-R, RoBERTa, mT5, NLLB) keeps its own positions, which
+already reach past the 77 tokens open_clip's configs tokenize: its one kind is "context" (``<base>-context-<N>``),
+the base config with only ``text_cfg.context_length`` (the tokenizer's length) raised to N and every weight the
+base's. N may not exceed what the transformers config's positions reach (``hf_context_limit``).
+
 Activation per tower: open_clip has one model-level ``quick_gelu`` for both towers. A tower config may carry its
 own ``quick_gelu`` (``vision_cfg.quick_gelu``, ``text_cfg.quick_gelu``), which wins over the model-level flag for
 that tower; patches.py strips the key before open_clip's tower configs (which reject unknown keys) see it.
@@ -20,10 +25,11 @@ swapped in a GELU RoPE/CoPE student (github.com/ivonajdenkoska/tulip @ 132c174f,
 open_clip/training/main_context_finetune_rope.py), so they hold a QuickGELU image tower and a GELU text tower.
 """
 import difflib
+import functools
 import re
 from copy import deepcopy
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import open_clip
 import open_clip.factory
@@ -31,7 +37,9 @@ import open_clip.pretrained
 from open_clip.model import CLIPTextCfg
 
 RELATIVE_POSITION_TYPES = ("rope", "cope")
-POSITION_TYPES = RELATIVE_POSITION_TYPES + ("longclip", "uniform")
+# Raises only the context of a tower whose own positions reach further (Hugging Face text towers): nothing new.
+CONTEXT_ONLY = "context"
+POSITION_TYPES = RELATIVE_POSITION_TYPES + ("longclip", "uniform", CONTEXT_ONLY)
 # Towers open_clip's CLIP class cannot host (it copies one ``positional_embedding`` parameter from the tower).
 CUSTOM_TEXT_POSITION_TYPES = ("rope", "cope", "longclip")
 # Text-config keys this package adds to open_clip's CLIPTextCfg, with their defaults.
@@ -40,6 +48,7 @@ POSITION_DEFAULTS = {
     "cope": {"cope_qk_norm": True, "cope_scale": "tulip"},
     "longclip": {"longclip_keep_positions": 20},
     "uniform": {},
+    CONTEXT_ONLY: {},
 }
 EXT_TEXT_KEYS = {"pos_embed_type"} | {k for d in POSITION_DEFAULTS.values() for k in d}
 # Per-tower activation key (in vision_cfg / text_cfg), named like open_clip's model-level flag.
@@ -51,7 +60,8 @@ TULIP_EVAL_SCRIPT_SUFFIX = "-evalscript"
 _VARIANT_NAME = re.compile(rf"^(?P<base>.+)-(?P<position>{'|'.join(POSITION_TYPES)})-(?P<context>\d+)$")
 # Stock text-tower options no derived tower reproduces: (stock value, why the base is refused).
 _UNSUPPORTED_TEXT = {
-    "hf_model_name": (None, "Hugging Face text tower (text_cfg.hf_model_name): its positions are the HF model's"),
+    "hf_model_name": (None, "Hugging Face text tower (text_cfg.hf_model_name): its positions are the HF model's "
+                            f"(use {CONTEXT_ONLY})"),
     "embed_cls": (False, "class-token text tower (text_cfg.embed_cls)"),
     "cls_emb": (None, "class-token text tower (text_cfg.cls_emb)"),
 }
@@ -61,7 +71,19 @@ _UNSUPPORTED_TEXT = {
 _COPE_BIDIRECTIONAL = ("CoPE is causal only (its positions count gated tokens before the query) and this text "
                        "tower is bidirectional (text_cfg.no_causal_mask); use rope, longclip or uniform")
 # Model-level keys of configs whose text tower open_clip builds inside another model class.
-_UNSUPPORTED_MODEL = {"multimodal_cfg": "CoCa (captioning decoder on the text tower; multimodal_cfg)"}
+_UNSUPPORTED_MODEL = {"multimodal_cfg": "CoCa (captioning decoder on the text tower; multimodal_cfg): the decoder's "
+                                          "causal mask is sized to the base's context (multimodal_cfg.context_length) "
+                                          "and no stage here trains its captioning loss"}
+CONTEXT_NEEDS_HF = (f"{CONTEXT_ONLY} raises the context within a Hugging Face text tower's own positions "
+                     "(text_cfg.hf_model_name); this tower's positions end at its context (use rope, cope, longclip "
+                     "or uniform)")
+# transformers model types open_clip's HFTextEncoder builds (open_clip.hf_configs.arch_dict), by position layout
+# (transformers' modeling code): RoBERTa's learned rows start after pad_token_id (create_position_ids_from_input_ids);
+# BERT's at 0; M2M100's (NLLB) sinusoids start after pad_token_id in a table of max_position_embeddings + 2 rows;
+# T5's are relative buckets with no table.
+_HF_PAD_OFFSET_POSITIONS = ("roberta", "xlm-roberta")
+_HF_ABSOLUTE_POSITIONS = ("bert", "m2m_100")
+_HF_RELATIVE_BUCKETS = ("t5", "mt5")
 POOL_TYPES = ("argmax", "eos", "last")
 _NOT_A_STOCK_KEY = object()
 # Stock text keys the relative-position tower honours; any other non-default stock key refuses rope/cope.
@@ -98,6 +120,8 @@ def text_tower_refusal(cfg: dict, position: str) -> Optional[str]:
         if cfg.get(key):
             return reason
     text_cfg = cfg.get("text_cfg") or {}
+    if position == CONTEXT_ONLY:
+        return None if text_cfg.get("hf_model_name") else CONTEXT_NEEDS_HF
     for key, (stock_value, reason) in _UNSUPPORTED_TEXT.items():
         if text_cfg.get(key, stock_value) != stock_value:
             return reason
@@ -112,6 +136,56 @@ def text_tower_refusal(cfg: dict, position: str) -> Optional[str]:
         if ignored:
             return f"text_cfg options {ignored} are not supported by the relative-position text tower"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _hf_text_config(hf_model_name: str):
+    """(transformers config, None) or (None, why it cannot be read): a failure is cached too, since a name that
+    misses the hub is looked up twice per refused name (derive, then the reason) and each miss retries for ~30 s."""
+    try:
+        import transformers  # optional (the hf extra); open_clip's HF text tower needs it too
+    except ImportError:
+        return None, f"text_cfg.hf_model_name '{hf_model_name}' needs transformers: pip install 'open_clip_ext[hf]'"
+    try:
+        return transformers.AutoConfig.from_pretrained(hf_model_name), None
+    except (OSError, ValueError) as error:
+        return None, (f"cannot read the transformers config of text_cfg.hf_model_name '{hf_model_name}' (its "
+                      f"positions decide the longest context): {str(error).splitlines()[0].rstrip('.')}")
+
+
+def hf_context_limit(hf_model_name: str) -> Tuple[Optional[int], str]:
+    """(longest context the Hugging Face text tower ``hf_model_name`` reads with its own positions, None for no
+    limit; how that follows from its transformers config), from ``AutoConfig.from_pretrained(hf_model_name)`` (a
+    local folder, the Hugging Face cache, or the hub; read once per name for the process).
+
+    Raises:
+        ValueError: the config cannot be read, or its model type is one open_clip's HFTextEncoder does not build."""
+    config, problem = _hf_text_config(hf_model_name)
+    if problem:
+        raise ValueError(problem)
+    kind = config.model_type
+    if kind in _HF_RELATIVE_BUCKETS:
+        # the buckets are shared past relative_attention_max_distance already at mT5's own 1024-token pre-training
+        return None, (f"{kind} relative position buckets: no limit; distances of "
+                      f"{config.relative_attention_max_distance} tokens or more share the farthest bucket")
+    rows = getattr(config, "max_position_embeddings", None)
+    if kind in _HF_PAD_OFFSET_POSITIONS and rows:
+        return rows - config.pad_token_id - 1, (
+            f"{kind} has {rows} position rows (max_position_embeddings), the first {config.pad_token_id + 1} "
+            f"before its first token (positions start after pad_token_id {config.pad_token_id})")
+    if kind in _HF_ABSOLUTE_POSITIONS and rows:
+        return rows, f"{kind} has {rows} positions (max_position_embeddings)"
+    known = _HF_PAD_OFFSET_POSITIONS + _HF_ABSOLUTE_POSITIONS + _HF_RELATIVE_BUCKETS
+    raise ValueError(f"text_cfg.hf_model_name '{hf_model_name}' is a {kind!r} model: open_clip's HF text tower "
+                     f"builds {', '.join(known)}")
+
+
+def _check_hf_context(label: str, text_cfg: dict, context_length: int) -> None:
+    limit, layout = hf_context_limit(text_cfg["hf_model_name"])
+    if limit is not None and context_length > limit:
+        raise ValueError(f"{label} cannot read {context_length} tokens with {CONTEXT_ONLY} positions: its Hugging "
+                         f"Face text tower {text_cfg['hf_model_name']} reads at most {limit} ({layout}); ask for "
+                         f"{limit} tokens or fewer")
 
 
 def _close(name: str, names, n: int = 8) -> str:
@@ -131,9 +205,11 @@ def unknown_model_reason(name: str) -> str:
     loose = _LOOSE_VARIANT_NAME.match(name)
     if loose:
         base, position = loose["base"], loose["position"]
-        if parsed is None and difflib.get_close_matches(position, POSITION_TYPES, n=1, cutoff=0.6):
+        kinds = difflib.get_close_matches(position, POSITION_TYPES, n=2, cutoff=0.6)
+        if parsed is None and kinds:
+            names = [name[:loose.start("position")] + kind + name[loose.end("position"):] for kind in kinds]
             return (f"Unknown model config '{name}': '{position}' is not a variant kind (kinds: "
-                    f"{', '.join(POSITION_TYPES)}).{_close(position, POSITION_TYPES, 2)}")
+                    f"{', '.join(POSITION_TYPES)}). Did you mean: {', '.join(names)}?")
         if parsed and open_clip.get_model_config(base) is None:
             bases = [n for n in open_clip.list_models() if split_variant_name(n) is None]
             return (f"Unknown model config '{name}': no base config '{base}' for a {position} variant."
@@ -166,12 +242,14 @@ def base_config(base) -> dict:
 
 
 def derive_config(base, position: str = "rope", context_length: int = 248, **position_options) -> dict:
-    """The config of ``base`` (a registered name or a config dict) with a RoPE/CoPE/Long-CLIP/uniform text tower.
+    """The config of ``base`` (a registered name or a config dict) with a RoPE/CoPE/Long-CLIP/uniform text tower,
+    or, for a Hugging Face text tower, ``position="context"``: only ``text_cfg.context_length`` raised.
 
     Raises:
         RuntimeError: ``base`` names no config (the message lists close names).
         ValueError: an unknown position type or option, a base that already is a variant, a text tower the
-            position type cannot reproduce (``text_tower_refusal``), or a context shorter than the base's."""
+            position type cannot reproduce (``text_tower_refusal``), a context shorter than the base's, or (context)
+            longer than the Hugging Face tower's positions reach (``hf_context_limit``, which reads its config)."""
     if position not in POSITION_TYPES:
         raise ValueError(f"position must be one of {POSITION_TYPES}, got {position!r}")
     unknown = set(position_options) - set(POSITION_DEFAULTS[position])
@@ -189,6 +267,8 @@ def derive_config(base, position: str = "rope", context_length: int = 248, **pos
     if context_length < base_context:
         raise ValueError(f"context_length {context_length} is shorter than {label}'s {base_context}: a variant "
                          f"reads at least the base's context")
+    if position == CONTEXT_ONLY:
+        _check_hf_context(label, text_cfg, context_length)
     if position in CUSTOM_TEXT_POSITION_TYPES:
         cfg["custom_text"] = True
     text_cfg["context_length"] = int(context_length)

@@ -6,8 +6,12 @@ or a variant this package ships (``pos_embed_type`` set). ``markdown_table()`` g
 README's support table (``scripts/support_table.py`` prints it; tests/open_clip_ext/test_support_table.py checks
 the README against it and builds a shrunk representative of every supported family).
 
+A Hugging Face text tower (XLM-R, RoBERTa, mT5, NLLB) takes only "context" (its own positions, longer context);
+every other tower is refused "context" for the same reason, which the table leaves out (``CONTEXT_NEEDS_HF``).
+
 Columns: stage 1 distils into relative positions only (training_ext.stages.flags.POSITIONS); stage 2 fine-tunes
-any long-context kind; training_ext.eval evaluates any open_clip model, a refused base as its stock self;
+any long-context kind, a context variant included; training_ext.eval evaluates any open_clip model, a refused base
+as its stock self;
 ``python -m open_clip_ext.export transformers`` writes a RoPE/CoPE text tower with its own code and the image
 tower as ``CLIPVisionModel`` when it is open_clip's plain ViT (Long-CLIP / uniform need that image tower too:
 they export as one ``CLIPModel``); ``open-clip`` / ``push`` (open_clip's own layout) take every model.
@@ -20,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import open_clip
 import open_clip.factory
 
-from .configs import POSITION_TYPES, RELATIVE_POSITION_TYPES, text_tower_refusal
+from .configs import CONTEXT_NEEDS_HF, POSITION_TYPES, RELATIVE_POSITION_TYPES, text_tower_refusal
 
 STAGE1_KINDS = RELATIVE_POSITION_TYPES
 # (family, pattern on the config name): first match wins; a name no pattern matches is its own family (its first
@@ -63,6 +67,7 @@ class ConfigSupport:
     image_tower: str = "ViT"
     image_exportable: bool = False
     bidirectional: bool = False
+    logit_bias: bool = False  # init_logit_bias set: a SigLIP-family model, trained with the sigmoid loss
 
 
 def family_of(name: str) -> str:
@@ -95,7 +100,8 @@ def classify(name: str, cfg: Optional[dict] = None) -> ConfigSupport:
                             (text_cfg.get("hf_model_name") and f"HF {text_cfg['hf_model_name']}") or CLIP_BPE,
                             pooling=text_cfg.get("pool_type") or text_cfg.get("hf_pooler_type") or "argmax",
                             image_tower=tower, image_exportable=exportable,
-                            bidirectional=bool(text_cfg.get("no_causal_mask")))
+                            bidirectional=bool(text_cfg.get("no_causal_mask")),
+                            logit_bias=cfg.get("init_logit_bias") is not None)
     if text_cfg.get("pos_embed_type"):
         support.variant = text_cfg["pos_embed_type"]
         return support
@@ -122,10 +128,16 @@ def classify_all(names: Optional[Iterable[str]] = None) -> List[ConfigSupport]:
 def _status(support: ConfigSupport) -> str:
     if support.variant:
         return f"ships {support.variant} variants"
+    # "context" is offered to Hugging Face text towers only: the table names it where it is, not everywhere else
+    shown = {kind: reason for kind, reason in support.refusals.items() if reason != CONTEXT_NEEDS_HF}
     if not support.kinds:
-        reasons = sorted(set(support.refusals.values()))
+        reasons = sorted(set(shown.values()))
         return "refused: " + "; ".join(reasons)
-    refused = "".join(f"; {kind} refused: {reason}" for kind, reason in sorted(support.refusals.items()))
+    by_reason: Dict[str, List[str]] = {}
+    for kind, reason in shown.items():
+        by_reason.setdefault(reason, []).append(kind)
+    refused = "".join(f"; {', '.join(kinds)} refused: {reason}" for reason, kinds in sorted(
+        by_reason.items(), key=lambda item: sorted(item[1])))
     return ", ".join(support.kinds) + refused
 
 
@@ -141,10 +153,11 @@ def _columns(support: ConfigSupport) -> Tuple[str, str, str, str]:
     stage1 = ", ".join(k for k in kinds if k in STAGE1_KINDS) or "—"
     stage2 = ", ".join(kinds) or "—"
     if support.bidirectional and support.kinds:
-        # the towers build and load (tests/open_clip_ext/test_bidirectional_towers.py), but no stage has run them,
-        # and stage 2 trains with the softmax CLIP loss (its --siglip is refused), not SigLIP's sigmoid loss
-        stage1 += " (not yet run end to end)"
-        stage2 += " (softmax CLIP loss: --siglip not yet; not yet run end to end)"
+        # both stages and eval run a tiny SigLIP 2-like tower end to end (tests/training_ext/stages/
+        # test_bidirectional_stages.py); stage 2's loss is the base's own: sigmoid where the model has a logit bias
+        # (--siglip), else softmax (CLIPA, MobileCLIP-S were trained with it)
+        stage2 += (" (--siglip: the base's sigmoid loss)" if support.logit_bias
+                   else " (softmax CLIP loss, the base's own)")
     evaluate = "variants and stock" if support.kinds else ("yes" if support.variant else "stock only")
     # CLIPModel (Long-CLIP / uniform) needs the image tower and CLIP's end token; the RoPE/CoPE code neither; both
     # attend causally (a bidirectional tower is refused by the exporters)

@@ -1,7 +1,8 @@
 """Text-tower builders: the towers open_clip's model constructors get for this package's ``pos_embed_type``s.
 
 open_clip's ``_build_text_tower`` builds a stock tower from a ``CLIPTextCfg``; ``build_ext_text_tower`` is its
-counterpart for RoPE / CoPE / Long-CLIP / uniform-interpolation configs (patches.py routes to it).
+counterpart for RoPE / CoPE / Long-CLIP / uniform-interpolation / context-only (Hugging Face) configs
+(patches.py routes to it).
 """
 from functools import partial
 from typing import Optional
@@ -12,7 +13,7 @@ from torch import nn
 from open_clip.model import CLIPTextCfg
 from open_clip.transformer import LayerNorm, LayerNormFp32, QuickGELU
 
-from .configs import EXT_TEXT_KEYS, text_tower_refusal
+from .configs import CONTEXT_ONLY, EXT_TEXT_KEYS, text_tower_refusal
 from .longclip import LongCLIPTextTransformer
 from .text_tower import RelPosTextTransformer
 
@@ -88,11 +89,21 @@ def build_uniform_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = 
     return open_clip.model._build_text_tower(embed_dim, stock_cfg, quick_gelu, cast_dtype)
 
 
+def build_context_text_tower(embed_dim: int, text_cfg: dict, quick_gelu: bool = False,
+                             cast_dtype: Optional[torch.dtype] = None):
+    """open_clip's Hugging Face tower, unchanged but for ``context_length``: the variant's (the tokenizer's
+    length) where open_clip's HFTextEncoder reports the transformers config's ``max_position_embeddings``."""
+    tower = build_uniform_text_tower(embed_dim, text_cfg, quick_gelu, cast_dtype)
+    tower.context_length = int(text_cfg["context_length"])
+    return tower
+
+
 _TOWER_BUILDERS = {
     "rope": build_relpos_text_tower,
     "cope": build_relpos_text_tower,
     "longclip": build_longclip_text_tower,
     "uniform": build_uniform_text_tower,
+    CONTEXT_ONLY: build_context_text_tower,
 }
 
 

@@ -5,7 +5,7 @@ import open_clip
 import pytest
 
 from open_clip_ext.configs import EXT_TEXT_KEYS, POSITION_DEFAULTS, model_name_problem
-from open_clip_ext.export.__main__ import ensure_registered
+from open_clip_ext.export.__main__ import UsageError, ensure_registered
 from support.data_prep_fixtures import load_script
 from support.model_registry import restored_registry  # noqa: F401  (fixture)
 from support.training_helpers import write_csv
@@ -56,7 +56,8 @@ def test_stage_flags_eval_and_export_take_a_variant_named_by_its_base(tmp_path):
 UNKNOWN = [
     # (name, what the message must say)
     ("ViT-B-99-rope-248", "no base config 'ViT-B-99' for a rope variant. Close matches: ViT-B-32, ViT-B-16"),
-    ("RN50-rop-248", "'rop' is not a variant kind (kinds: rope, cope, longclip, uniform). Close matches: rope."),
+    ("RN50-rop-248",
+     "'rop' is not a variant kind (kinds: rope, cope, longclip, uniform, context). Did you mean: RN50-rope-248?"),
     ("ViT-B-16-SigLIP-cope-248", "Cannot derive 'ViT-B-16-SigLIP-cope-248': ViT-B-16-SigLIP cannot take cope "
                                  "positions: CoPE is causal only"),
     ("RN50-rope-64", "context_length 64 is shorter than RN50's 77"),
@@ -73,7 +74,7 @@ def test_a_name_no_config_answers_names_the_part_at_fault_in_every_command(name,
     errors = []
     engine_preflight.require_model(name, "--model", errors.append)  # stages' and training_ext.main's check
     assert len(errors) == 1 and errors[0].startswith(f"--model {name}: ") and message in errors[0]
-    with pytest.raises(SystemExit, match="^error: --model "):
+    with pytest.raises(UsageError, match="^--model "):
         ensure_registered(name)
     with pytest.raises(RuntimeError) as created:
         open_clip.create_model(name)

@@ -1,7 +1,8 @@
 """The support table (open_clip_ext.support, scripts/support_table.py, README.md) against the real builders: every
 shipped config is classified; each refusal is the one derive_config and the tower builders give; one shrunk
 config per supported family builds every supported kind, reads past the base's context and starts from the base's
-weights with only the learned positions left behind; the export column is what the exporter's checks say."""
+weights with only the learned positions left behind (a Hugging Face text tower's from a tiny local transformers
+model of its type: nothing is downloaded); the export column is what the exporter's checks say."""
 import re
 from copy import deepcopy
 from pathlib import Path
@@ -12,13 +13,14 @@ import pytest
 import torch
 
 import open_clip_ext
-from open_clip_ext import support
-from open_clip_ext.configs import POSITION_TYPES, TOWER_ACTIVATION_KEY, register_model_config
+from open_clip_ext import configs, support
+from open_clip_ext.configs import CONTEXT_ONLY, POSITION_TYPES, TOWER_ACTIVATION_KEY, register_model_config
 from open_clip_ext.convert import to_custom_text_layout
 from open_clip_ext.export.transformers_clip import ExportError, hf_vision_config
 from open_clip_ext.towers import build_ext_text_tower
 from support.model_registry import restored_registry  # noqa: F401  (fixture)
 from support.naive_towers import randomize_
+from support.non_clip_tokenizers import hf_model_type, save_tiny_hf_tower
 from training_ext.stages.flags import POSITIONS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -31,7 +33,10 @@ POSITION_KEYS = ("positional_embedding", "attn_mask")
 pytestmark = pytest.mark.usefixtures("restored_registry")
 
 
-def test_every_shipped_config_is_classified_and_derive_config_agrees():
+def test_every_shipped_config_is_classified_and_derive_config_agrees(monkeypatch):
+    # a context variant's limit comes from the transformers config, on the hub for shipped names: here no limit
+    # (test_hf_context_variants.py reads real limits from local configs)
+    monkeypatch.setattr(configs, "hf_context_limit", lambda name: (None, "not read here"))
     assert [s.name for s in SUPPORTS] == support.shipped_config_names()
     assert len(SUPPORTS) > 150 and {"RN50", "EVA02-B-16", "ViT-B-16-SigLIP", "ViT-L-14-rope-248"} <= \
            {s.name for s in SUPPORTS}
@@ -54,6 +59,8 @@ def test_every_shipped_config_is_classified_and_derive_config_agrees():
 def test_refused_text_towers_are_refused_by_the_tower_builder_with_the_same_reason():
     refused = [s for s in BASES if s.refusals]
     assert {s.family for s in refused} >= {"SigLIP", "SigLIP2", "CLIPA", "CoCa", "NLLB-CLIP", "MobileCLIP"}
+    assert {s.family for s in BASES if CONTEXT_ONLY in s.kinds} == {"NLLB-CLIP",
+                                                                   "Hugging Face text (mT5, RoBERTa, XLM-R)"}
     for s in refused:
         cfg = open_clip.get_model_config(s.name)
         for kind, reason in s.refusals.items():
@@ -64,13 +71,17 @@ def test_refused_text_towers_are_refused_by_the_tower_builder_with_the_same_reas
                 build_ext_text_tower(cfg["embed_dim"], text_cfg)
 
 
-def _shrunk(cfg: dict) -> dict:
+def _shrunk(cfg: dict, folder: Path) -> dict:
     """``cfg`` with a 1-layer 32-wide text tower over 600 ids and tiny-clip's image tower (the text tower decides
-    support; the image towers of several families are full-size timm models)."""
+    support; the image towers of several families are full-size timm models). A Hugging Face text tower becomes a
+    tiny transformers model of its type saved to ``folder``."""
     cfg = deepcopy(cfg)
     tiny = open_clip.get_model_config("tiny-clip")
     cfg["embed_dim"], cfg["vision_cfg"] = tiny["embed_dim"], tiny["vision_cfg"]
     cfg["text_cfg"].update(width=32, heads=2, layers=1, vocab_size=600)
+    if cfg["text_cfg"].get("hf_model_name"):
+        model_type = hf_model_type(cfg["text_cfg"]["hf_model_name"])
+        cfg["text_cfg"]["hf_model_name"] = save_tiny_hf_tower(str(folder), model_type, vocab=600)
     return cfg
 
 
@@ -91,9 +102,10 @@ for _s in BASES:
 def test_a_shrunk_representative_of_each_supported_family_builds_every_kind_from_its_base(family, tmp_path):
     s = REPRESENTATIVES[family]
     base = f"support-test-{s.name}"
-    register_model_config(base, _shrunk(open_clip.get_model_config(s.name)))
+    register_model_config(base, _shrunk(open_clip.get_model_config(s.name), tmp_path / "hf"))
     stock = randomize_(open_clip.create_model(base))
-    context = stock.context_length if hasattr(stock, "context_length") else stock.text.context_length
+    # the config's, which the tokenizer reads (open_clip's HF tower reports max_position_embeddings instead)
+    context = open_clip.get_model_config(base)["text_cfg"].get("context_length", 77)
     path = tmp_path / "base.pt"
     torch.save({"state_dict": stock.state_dict()}, path)
     stock_text = {k: v for k, v in to_custom_text_layout(stock.state_dict()).items()

@@ -102,3 +102,50 @@ def unregister(*names: str) -> None:
     for name in names:
         open_clip.factory._MODEL_CONFIGS.pop(name, None)
         open_clip.pretrained._PRETRAINED.pop(name, None)
+
+
+# Hugging Face text towers (open_clip's text_cfg.hf_model_name): the transformers model type of each shipped
+# hf_model_name, and the tokenizer layout above that has its special ids (XLM-R, RoBERTa and NLLB: <s> 0, <pad> 1,
+# </s> 2, <unk> 3; mT5: <pad> 0, </s> 1, <unk> 2).
+HF_TOWER_TYPES = (("mt5", "mt5"), ("xlm-roberta", "xlm-roberta"), ("roberta", "roberta"), ("nllb", "m2m_100"))
+HF_TOWER_LAYOUT = {"mt5": "mt5", "xlm-roberta": "xlmv", "roberta": "xlmv", "m2m_100": "xlmv"}
+
+
+def hf_model_type(hf_model_name: str) -> str:
+    """The transformers model type of a shipped config's ``hf_model_name`` ('google/mt5-base' -> 'mt5')."""
+    return next(kind for key, kind in HF_TOWER_TYPES if key in hf_model_name.split("/")[-1])
+
+
+def save_tiny_hf_tower(folder: str, model_type: str, vocab: int, max_positions: int = 130, seed: int = 0) -> str:
+    """A randomly initialised 1-layer 32-wide transformers model of ``model_type`` saved to ``folder`` (config and
+    weights, which ``AutoConfig`` / ``AutoModel.from_pretrained(folder)`` read as they would a hub name). Special
+    ids are the layout's (``HF_TOWER_LAYOUT``); ``max_positions`` is ``max_position_embeddings`` (not for mT5)."""
+    import torch
+    from transformers import AutoModel, M2M100Config, MT5Config, RobertaConfig, XLMRobertaConfig
+
+    small = dict(vocab_size=vocab)
+    if model_type == "mt5":
+        config = MT5Config(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
+                           pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **small)
+    elif model_type == "m2m_100":
+        config = M2M100Config(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                              decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                              max_position_embeddings=max_positions, pad_token_id=1, bos_token_id=0,
+                              eos_token_id=2, decoder_start_token_id=2, **small)
+    else:
+        config = {"xlm-roberta": XLMRobertaConfig, "roberta": RobertaConfig}[model_type](
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=max_positions, pad_token_id=1, bos_token_id=0, eos_token_id=2, **small)
+    torch.manual_seed(seed)
+    AutoModel.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_hf_clip_config(folder: str, stock_name: str) -> dict:
+    """Open_clip's config ``stock_name`` (a Hugging Face text tower) with tiny-clip's image tower and embed_dim,
+    its text tower (and tokenizer) read from ``folder`` (``save_tiny_hf_tower``, ``save_tokenizer``)."""
+    cfg = deepcopy(open_clip.get_model_config(stock_name))
+    tiny = open_clip.get_model_config("tiny-clip")
+    cfg["embed_dim"], cfg["vision_cfg"] = tiny["embed_dim"], deepcopy(tiny["vision_cfg"])
+    cfg["text_cfg"].update(hf_model_name=folder, hf_tokenizer_name=folder)
+    return cfg
