@@ -94,6 +94,8 @@ _NO_TRAIN_IMAGES = ("stage 1 decodes no training images, and validation preproce
 _TEXT_ONLY = "stage 1 trains only the student's text tower; the image tower is the teacher's, frozen"
 _NO_NEGATIVES = ("stage 1's loss compares each caption with its own teacher feature: there are no negatives to "
                  "gather")
+_NO_IMAGE_TEXT_LOSS = ("stage 1 has no image-text loss to make sigmoid (its loss compares each caption's features "
+                       "with the teacher's); stage 2 takes --siglip")
 
 FLAG_POLICY: Dict[str, object] = {
     "--train-data": HONOURED, "--train-data-upsampling-factors": HONOURED, "--val-data": HONOURED,
@@ -153,8 +155,9 @@ FLAG_POLICY: Dict[str, object] = {
     "--distill-pretrained": ("open_clip_train's --distill-pretrained belongs to its logit distillation; stage 1 "
                              "takes the teacher's weights from --teacher-pretrained"),
     "--use-bnb-linear": "bitsandbytes int8 layers are not supported for training here",
-    "--siglip": "both stages use the CLIP (softmax) loss or feature distillation, not SigLIP's",
-    "--loss-dist-impl": "it selects SigLIP's distributed loss implementation; both stages use the CLIP loss",
+    # stage 2: open_clip's SigLipLoss for both caption terms (training_ext.stages.finetune.clip_loss_for)
+    "--siglip": {"distill": _NO_IMAGE_TEXT_LOSS, "finetune": HONOURED},
+    "--loss-dist-impl": {"distill": _NO_IMAGE_TEXT_LOSS, "finetune": HONOURED},
 }
 
 

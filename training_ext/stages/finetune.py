@@ -1,5 +1,8 @@
 """Stage 2, context fine-tuning: CLIP loss on long captions + w x CLIP loss on short captions.
 
+The CLIP loss is open_clip's softmax ClipLoss, or with --siglip open_clip's sigmoid SigLipLoss (SigLIP-family bases,
+whose models carry a learned logit bias) for both terms.
+
 Each image is encoded once per step and serves both losses (TULIP's reference encoded it twice). With
 --accum-freq k the step uses gradient caching: features of all k micro-batches are computed without grad, the
 loss of the whole k-times larger batch is differentiated with respect to those features, then each micro-batch
@@ -10,7 +13,7 @@ simply dividing k separate losses would not be).
 from typing import Callable, Dict, List, Optional
 
 import torch
-from open_clip.loss import ClipLoss
+from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
 from open_clip_ext.tokens import trim_padding, trims_padding_exactly
@@ -22,13 +25,15 @@ from training_ext.stages.pcm import PrincipalComponentMatchingLoss, SmoothedClip
 
 
 class ClipFeatures(nn.Module):
-    """forward(images, long_ids, short_ids or None) -> (image, long, short or None, logit_scale): normalised
-    features and exp(logit_scale). The module DDP wraps in stage 2."""
+    """forward(images, long_ids, short_ids or None) -> (image, long, short or None, logit_scale, logit_bias or
+    None): normalised (B, D) features, exp(logit_scale) and, with ``logit_bias`` (--siglip), the model's scalar
+    logit bias (else None: the softmax loss has no use for it). The module DDP wraps in stage 2."""
 
-    def __init__(self, clip_model: nn.Module):
+    def __init__(self, clip_model: nn.Module, logit_bias: bool = False):
         super().__init__()
         self.clip = clip_model
         self.trim = trims_padding_exactly(clip_model)
+        self.logit_bias = logit_bias
 
     def _encode_texts(self, long_ids: torch.Tensor, short_ids: Optional[torch.Tensor]):
         if short_ids is None:
@@ -45,12 +50,16 @@ class ClipFeatures(nn.Module):
     def forward(self, images: torch.Tensor, long_ids: torch.Tensor, short_ids: Optional[torch.Tensor] = None):
         image = self.clip.encode_image(images, normalize=True)
         long, short = self._encode_texts(long_ids, short_ids)
-        return image, long, short, self.clip.logit_scale.exp()
+        return image, long, short, self.clip.logit_scale.exp(), self.clip.logit_bias if self.logit_bias else None
 
 
-def clip_loss_for(args) -> ClipLoss:
-    """open_clip's ClipLoss with open_clip_train's distributed flags (--local-loss, --gather-with-grad), and
-    --label-smoothing (0: exactly ClipLoss)."""
+def clip_loss_for(args) -> nn.Module:
+    """--siglip: open_clip's SigLipLoss as open_clip.create_loss builds it (its own neighbour exchange across
+    processes, --loss-dist-impl); else open_clip's ClipLoss with open_clip_train's distributed flags
+    (--local-loss, --gather-with-grad), and --label-smoothing (0: exactly ClipLoss). Either is called
+    ``loss(image, text, logit_scale, logit_bias)``."""
+    if getattr(args, "siglip", False):
+        return SigLipLoss(rank=args.rank, world_size=args.world_size, dist_impl=args.loss_dist_impl)
     return SmoothedClipLoss(label_smoothing=getattr(args, "label_smoothing", 0.0), local_loss=args.local_loss,
                             gather_with_grad=args.gather_with_grad, cache_labels=True, rank=args.rank,
                             world_size=args.world_size)
@@ -64,11 +73,15 @@ def short_caption_loss_for(args, clip_loss: ClipLoss) -> Optional[Callable]:
 
 
 def finetune_losses(image, long, short, logit_scale, clip_loss: ClipLoss, short_weight: float,
-                    short_loss: Optional[Callable] = None) -> Dict[str, torch.Tensor]:
-    terms = {"long_loss": clip_loss(image.float(), long.float(), logit_scale.float())}
+                    short_loss: Optional[Callable] = None, logit_bias: Optional[torch.Tensor] = None
+                    ) -> Dict[str, torch.Tensor]:
+    """(B, D) image, long and short (or None) text features, scalar exp(logit_scale) and logit bias (None but
+    for --siglip) -> {'long_loss', 'short_loss' (with short features), 'loss' = long + short_weight x short}."""
+    bias = None if logit_bias is None else logit_bias.float()
+    terms = {"long_loss": clip_loss(image.float(), long.float(), logit_scale.float(), bias)}
     total = terms["long_loss"]
     if short is not None:
-        terms["short_loss"] = (short_loss or clip_loss)(image.float(), short.float(), logit_scale.float())
+        terms["short_loss"] = (short_loss or clip_loss)(image.float(), short.float(), logit_scale.float(), bias)
         total = total + short_weight * terms["short_loss"]
     terms["loss"] = total
     return terms
@@ -91,7 +104,8 @@ def make_finetune_step(trained: nn.Module, features: ClipFeatures, clip_loss: Cl
     def single(batch) -> Dict[str, torch.Tensor]:
         with autocast():
             outputs = trained(*_on_device(batch, device, input_dtype, use_short))
-        losses = finetune_losses(*outputs, clip_loss, short_weight, short_loss)
+        *features_and_scale, bias = outputs
+        losses = finetune_losses(*features_and_scale, clip_loss, short_weight, short_loss, logit_bias=bias)
         ensure_finite(losses["loss"], distributed)
         backward(losses["loss"], scaler)
         return losses
@@ -104,8 +118,10 @@ def make_finetune_step(trained: nn.Module, features: ClipFeatures, clip_loss: Cl
             None if outputs[0][i] is None else torch.cat([o[i] for o in outputs]).float().requires_grad_()
             for i in range(3)
         ]
-        scale = outputs[0][3].detach().float().requires_grad_()
-        losses = finetune_losses(*leaves, scale, clip_loss, short_weight, short_loss)
+        # the scalars are leaves too: the step's gradient reaches them through each micro-batch's re-encoding
+        scale, bias = (None if outputs[0][i] is None else outputs[0][i].detach().float().requires_grad_()
+                       for i in (3, 4))
+        losses = finetune_losses(*leaves, scale, clip_loss, short_weight, short_loss, logit_bias=bias)
         ensure_finite(losses["loss"], distributed)
         losses["loss"].backward()
         sizes = [len(batch[1]) for batch in inputs]
@@ -113,8 +129,10 @@ def make_finetune_step(trained: nn.Module, features: ClipFeatures, clip_loss: Cl
         for index, batch in enumerate(inputs):
             with no_sync_unless(trained, sync=index == len(inputs) - 1):
                 with autocast():
-                    image, long, short, logit_scale = trained(*batch)
+                    image, long, short, logit_scale, logit_bias = trained(*batch)
                 surrogate = logit_scale.float() * (scale.grad / len(inputs))
+                if bias is not None:
+                    surrogate = surrogate + logit_bias.float() * (bias.grad / len(inputs))
                 for output, grad in zip((image, long, short), grads):
                     if grad is not None:
                         surrogate = surrogate + (output.float() * grad[index]).sum()

@@ -14,7 +14,7 @@ from training_ext.data.loaders import get_image_text_data
 from training_ext.engine.builders import clamp_logit_scale, create_clip
 from training_ext.engine.trainer import StageModels, TrainingStage
 from training_ext.stages.finetune import ClipFeatures, clip_loss_for, make_finetune_step, short_caption_loss_for
-from training_ext.stages.flags import FinetuneFlags
+from training_ext.stages.flags import FinetuneFlags, siglip_needs_bias
 from training_ext.stages.student_checkpoint import load_student_text_tower
 
 
@@ -28,6 +28,21 @@ def lock_towers(model, args) -> None:
             # open_clip 3.3's text towers always lock LayerNorms with the other weights (and assert on False)
             logging.info("--lock-text: LayerNorms are locked with the other text weights (open_clip 3.3 behaviour)")
         model.lock_text_tower(unlocked_layers=args.lock_text_unlocked_layers, freeze_layer_norm=True)
+
+
+def use_logit_bias(model, args, error) -> None:
+    """--siglip trains the model's logit bias with the sigmoid loss; a model without one (no init_logit_bias in
+    its config; ``FinetuneFlags`` refuses the registered ones before building) is refused with ``error``. Without
+    --siglip the softmax loss ignores a SigLIP base's bias: it is frozen (kept as loaded, no gradient for DDP to
+    wait for) and a warning says so."""
+    bias = getattr(model, "logit_bias", None)
+    if args.siglip and bias is None:
+        error(siglip_needs_bias(args.model))
+    if bias is not None and not args.siglip:
+        bias.requires_grad_(False)
+        logging.warning(f"--model {args.model} has a logit bias (a SigLIP-family model) but stage 2 runs the "
+                        "softmax CLIP loss, which ignores it: the bias is frozen as loaded. Pass --siglip to "
+                        "fine-tune with SigLIP's sigmoid loss")
 
 
 class FinetuneStage(FinetuneFlags, TrainingStage):
@@ -46,15 +61,17 @@ class FinetuneStage(FinetuneFlags, TrainingStage):
                                     ntk_extension=original)
         elif not isinstance(getattr(model, "text", None), LongCLIPTextTransformer):  # Long-CLIP needs no stage 1
             logging.warning("no --student-checkpoint: the text tower is the one --pretrained gives (not distilled)")
+        use_logit_bias(model, args, self.error)
         lock_towers(model, args)
-        return StageModels(model=model, preprocess_train=preprocess_train, preprocess_val=preprocess_val)
+        return StageModels(model=model, preprocess_train=preprocess_train, preprocess_val=preprocess_val,
+                           extras={"logit_bias": args.siglip})
 
     def train_data(self, args, tokenizer, epoch, models):
         return get_image_text_data(args, tokenizer, models.preprocess_train, is_train=True, epoch=epoch,
                                    image_size=models.image_size)
 
     def training_module(self, models):
-        models.extras["features"] = ClipFeatures(models.model)
+        models.extras["features"] = ClipFeatures(models.model, logit_bias=models.extras["logit_bias"])
         return models.extras["features"]
 
     def make_step(self, args, device, trained, models, scaler):
@@ -68,4 +85,7 @@ class FinetuneStage(FinetuneFlags, TrainingStage):
         clamp_logit_scale(models.model)
 
     def extra_scalars(self, models):
-        return {"scale": models.model.logit_scale.exp().item()}
+        scalars = {"scale": models.model.logit_scale.exp().item()}
+        if models.extras["logit_bias"]:
+            scalars["bias"] = models.model.logit_bias.item()
+        return scalars

@@ -148,6 +148,11 @@ class DistillFlags(StageFlags):
         context = args.force_context_length or text.get("context_length", preflight.STOCK_CONTEXT)
         base = args.teacher_model or tulip_form.base_of(args.model) or args.model
         position = args.position or self.position
+        if kind == "context" or text.get("hf_model_name"):
+            self.error(f"--model {args.model} is a Hugging Face text tower ({text.get('hf_model_name')}) reading "
+                       f"{context} tokens with its own positions: stage 1 distils into RoPE or CoPE positions, "
+                       f"which it cannot take; fine-tune it on long captions with stage 2 (python -m "
+                       f"training_ext.main_context_finetune_rope --model {args.model})")
         if kind not in POSITIONS:
             self.error(f"--model {args.model} has {preflight.describe_text_tower(text, context)}: stage 1's "
                        f"student needs relative positions (RoPE or CoPE) and a longer context than the teacher; "
@@ -172,6 +177,12 @@ class DistillFlags(StageFlags):
         if preflight.model_config(name) is not None:
             return f"use --model {name} (or TULIP's form: --model {base} --student-context-length 248)"
         return f"use TULIP's form --model {base} --student-context-length 248 (it registers {name})"
+
+
+def siglip_needs_bias(model: str) -> str:
+    """The refusal of --siglip for a model without a logit bias."""
+    return (f"--siglip: --model {model} has no logit bias (its config sets no init_logit_bias), which SigLIP's "
+            "sigmoid loss needs; use a SigLIP-family model (e.g. ViT-B-16-SigLIP2-rope-248) or drop --siglip")
 
 
 class FinetuneFlags(StageFlags):
@@ -241,6 +252,7 @@ class FinetuneFlags(StageFlags):
             self.error("--short-caption-loss pcm needs a --short-caption-weight above 0 (Long-CLIP uses 1)")
         if args.short_caption_loss == "pcm":
             self._check_pcm_batch(args)
+        self._check_loss_flags(args)
         processes = world_size_from_env()
         pairs = args.batch_size * args.accum_freq * processes
         if pairs < 2:
@@ -248,8 +260,30 @@ class FinetuneFlags(StageFlags):
             # --accum-freq micro-batches: one pair in all gives a 1x1 logit matrix, a loss of exactly 0.
             self.error(f"stage 2's contrastive loss needs at least 2 image-caption pairs per step; --batch-size "
                        f"{args.batch_size} x --accum-freq {args.accum_freq} x {processes} process(es) gives "
-                       f"{pairs}: the loss would be exactly 0 while weight decay still changed the weights. "
-                       "Raise --batch-size or --accum-freq")
+                       f"{pairs}: " + ("the sigmoid loss would see no negative pair"
+                                       if args.siglip else "the loss would be exactly 0")
+                       + " while weight decay still changed the weights. Raise --batch-size or --accum-freq")
+
+    def _check_loss_flags(self, args) -> None:
+        """--siglip (open_clip's SigLipLoss) takes none of the softmax loss's options, and --loss-dist-impl is
+        SigLipLoss's only: each such flag would be ignored."""
+        if not args.siglip:
+            if args.loss_dist_impl is not None:
+                self.error(f"--loss-dist-impl {args.loss_dist_impl} picks how SigLIP's sigmoid loss exchanges "
+                           "features between processes; without --siglip stage 2 runs the softmax CLIP loss (add "
+                           "--siglip or drop the flag)")
+            return
+        softmax_only = [flag for flag, given in (("--local-loss", args.local_loss),
+                                                 ("--gather-with-grad", args.gather_with_grad),
+                                                 ("--label-smoothing", args.label_smoothing != 0.0)) if given]
+        if softmax_only:
+            self.error(f"{', '.join(softmax_only)} with --siglip: these configure the softmax CLIP loss (its "
+                       "all-gather and cross-entropy targets); SigLIP's sigmoid loss passes text features between "
+                       "neighbouring processes itself (--loss-dist-impl bidir/shift/reduce/gather) and has no "
+                       "label smoothing. Drop them, or drop --siglip")
+        if args.loss_dist_impl not in (None, "bidir", "shift", "reduce", "gather"):
+            self.error(f"--loss-dist-impl {args.loss_dist_impl}: SigLIP's loss knows bidir (default), shift, reduce "
+                       "and gather")
 
     def _check_pcm_batch(self, args) -> None:
         """Refuse a PCM loss that equals the CLIP loss on every step. The PCA runs on each process's image features
@@ -278,11 +312,14 @@ class FinetuneFlags(StageFlags):
                        f"exactly and the PCM loss equals the plain CLIP loss; give --pcm-components below {width}")
         if text is not None:
             self._check_model(args, text, preflight)
+        if args.siglip and config is not None and config.get("init_logit_bias") is None:
+            # a model without one is checked once built (FinetuneStage.build_models)
+            self.error(siglip_needs_bias(args.model))
         preflight.check_cope_impl(args, config, self.error)
         preflight.check_weights(args.model, args.pretrained, "--pretrained", self.error)
         args.pretrained = args.pretrained or ""
         if args.student_checkpoint:
-            preflight.check_readable_file(args.student_checkpoint, "--student-checkpoint", self.error)
+            preflight.check_weights_file(args.student_checkpoint, "--student-checkpoint", self.error)
             self._check_student_checkpoint(args, config, preflight)
         elif (text or {}).get("pos_embed_type") in POSITIONS:
             args.flag_notes.append("no --student-checkpoint: the text tower is the one --pretrained gives "
@@ -318,6 +355,10 @@ class FinetuneFlags(StageFlags):
         if args.force_context_length and not args.student_config:
             expected["context_length"] = args.force_context_length
         found = preflight.text_signature(saved)
+        if found["pos_embed_type"] == "rope" and (expected["context_length"] or 0) > (found["context_length"] or 0):
+            # RoPE holds no per-position tensor: a student trained shorter fine-tunes at a longer context, its
+            # positions past the trained length rotating further (position scaling 'none')
+            found["context_length"] = expected["context_length"]
         if found != expected:
             keys = list(found) + [key for key in expected if key not in found]
             differing = ", ".join(f"{key} {found.get(key)} vs {expected.get(key)}" for key in keys

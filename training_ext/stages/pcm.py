@@ -65,12 +65,14 @@ class PrincipalComponentMatchingLoss(nn.Module):
         self.components = components
         self.exact_steps = 0
 
-    def forward(self, image_features, short_text_features, logit_scale):
-        """(B, D) image and short-caption features, a scalar logit scale -> the scalar loss (float32)."""
+    def forward(self, image_features, short_text_features, logit_scale, logit_bias=None):
+        """(B, D) image and short-caption features, a scalar logit scale (and logit bias, for the sigmoid loss) ->
+        the scalar loss (float32)."""
         if len(image_features) <= self.components + 1:
             self.exact_steps += 1
             if self.exact_steps == 1:
                 logging.warning(f"PCM short-caption loss over {len(image_features)} image features (unreadable images "
                                 f"left out): rank at most {len(image_features) - 1} <= {self.components} components, "
                                 f"so on such a step it equals the CLIP loss (logged once)")
-        return self.clip_loss(pca_reconstruct(image_features, self.components), short_text_features, logit_scale)
+        return self.clip_loss(pca_reconstruct(image_features, self.components), short_text_features, logit_scale,
+                              logit_bias)

@@ -30,10 +30,14 @@ from training_ext.engine.distributed import wrap_for_processes
 from training_ext.engine.optim import create_optimizer, create_scaler
 from training_ext.engine.params import stage_policy
 from training_ext.stages.finetune import clip_loss_for
+from open_clip.loss import SigLipLoss
+from open_clip_ext.configs import register_model_config
 from training_ext.stages.finetune_stage import lock_towers
 from open_clip_ext.convert import uses_quick_gelu
 
 ENTRY = {"distill": main_distill_rope.ENTRY, "finetune": main_context_finetune_rope.ENTRY}
+SIGMOID = "flag-effects-tiny-rope-sigmoid"  # the student with a logit bias, as SigLIP-family configs have
+register_model_config(SIGMOID, {**open_clip.get_model_config(STUDENT), "init_logit_bias": -10})
 ROWS = 16  # 4 steps of 4 per epoch
 FILES = {}
 
@@ -517,6 +521,22 @@ def _loss_field(field):
     return check
 
 
+def _siglip(on, off):
+    """Sigmoid loss over features and the model's logit bias, which trains; without it the softmax loss, which has
+    no use for the bias: frozen, out of the optimizer, not returned by the trained module."""
+    assert isinstance(clip_loss_for(on.args), SigLipLoss) and not isinstance(clip_loss_for(off.args), SigLipLoss)
+    assert on.state.model.logit_bias.requires_grad and not off.state.model.logit_bias.requires_grad
+    assert _optimized_count(on) == _optimized_count(off) + 1
+    inputs = torch.randn(2, 3, 32, 32), torch.zeros(2, 248, dtype=torch.long)
+    assert on.state.trained(*inputs)[4] is on.state.model.logit_bias and off.state.trained(*inputs)[4] is None
+
+
+def _loss_dist_impl(on, off):
+    for args in (on, off):
+        args.rank, args.world_size = 0, 1  # set by the process set-up
+    assert clip_loss_for(on).dist_impl == "shift" and clip_loss_for(off).dist_impl == "bidir"
+
+
 def _grad_clip(on, off):
     def update_norm(args):
         weight = torch.nn.Parameter(torch.zeros(4, 4))
@@ -785,6 +805,9 @@ CASES = [
     # the loss, the epoch loop, checkpoints
     Case("--local-loss", ("--local-loss",), _loss_field("local_loss"), kind="parsed"),
     Case("--gather-with-grad", ("--gather-with-grad",), _loss_field("gather_with_grad"), kind="parsed"),
+    Case("--siglip", ("--siglip",), _siglip, base=("--model", SIGMOID)),
+    Case("--loss-dist-impl", ("--loss-dist-impl", "shift"), _loss_dist_impl, kind="parsed",
+         base=("--model", SIGMOID, "--siglip")),
     Case("--grad-clip-norm", ("--grad-clip-norm", "1.0"), _grad_clip, engine=True, kind="parsed"),
     Case("--save-frequency", ("--save-frequency", "2"), _save_frequency, engine=True, kind="parsed",
          base=("--epochs", "4")),
