@@ -44,6 +44,28 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file and keys."""
 
 
+def weights_file_problem(path) -> Optional[str]:
+    """Why the file at ``path`` cannot be a whole weights file, judged from its first bytes and its directory
+    alone (cheap: no tensor is read); None when it looks whole.
+
+    torch.save writes a zip archive whose directory comes last, so a copy or write cut short has none; a
+    .safetensors file starts with the length of its JSON header, which must fit in the file; torch's pre-1.6
+    format (a pickle) is left to torch.load to judge."""
+    import zipfile
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        head = stream.read(8)
+    if path.suffix == ".safetensors":
+        header = int.from_bytes(head, "little") if len(head) == 8 else size
+        return None if 8 + header <= size else f"a safetensors file of {size} bytes whose header says more: cut short"
+    if head[:1] == b"\x80" or zipfile.is_zipfile(path):
+        return None
+    if head.startswith(b"PK"):
+        return f"a zip archive of {size} bytes without the directory torch.save writes last: cut short"
+    return f"{size} bytes starting {head[:4]!r}, not a zip archive"
+
+
 def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
     """(state_dict, metadata) from a .pt/.pth/.bin (weights_only) or .safetensors file."""
     path = Path(path)

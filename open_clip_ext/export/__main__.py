@@ -130,10 +130,10 @@ def check_arguments(args) -> dict:
 
 
 def ensure_registered(name: str) -> None:
-    """Stop with the close names when ``--model`` names no config (``<base>-<kind>-<N>`` registers itself)."""
+    """UsageError with the close names when ``--model`` names no config (``<base>-<kind>-<N>`` registers itself)."""
     problem = model_name_problem(name)
     if problem:
-        raise SystemExit(f"error: --model {problem}")
+        raise UsageError(f"--model {problem}")
 
 
 def export(args, card_options: dict) -> str:

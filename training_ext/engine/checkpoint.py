@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from open_clip_ext.convert import CheckpointError
+from open_clip_ext.convert import CheckpointError, weights_file_problem
 from open_clip_ext.state_dicts import strip_module_prefix
 
 from training_ext.common.file_io import atomic_open
@@ -183,25 +183,11 @@ def find_latest_checkpoint(checkpoint_dir: str) -> Optional[str]:
     return max(numbered, key=_epoch_number) if numbered else None
 
 
-def checkpoint_file_problem(path: str) -> Optional[str]:
-    """Why ``path`` cannot be a whole torch checkpoint, from its first bytes and its zip directory alone (cheap: no
-    tensor is read); None when it looks whole. torch.save writes a zip archive whose directory comes last, so a
-    copy or write cut short has none; torch's pre-1.6 format (a pickle) is left to torch.load to judge."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as stream:
-        head = stream.read(4)
-    if head[:1] == b"\x80" or zipfile.is_zipfile(path):
-        return None
-    if head.startswith(b"PK"):
-        return f"a zip archive of {size} bytes without the directory torch.save writes last: cut short"
-    return f"{size} bytes starting {head!r}, not a zip archive"
-
-
 def other_checkpoints(path: str) -> List[str]:
     """The other checkpoints (``*.pt``) beside ``path`` that look whole, newest first."""
     folder = os.path.dirname(os.path.abspath(path))
     found = [p for p in glob.glob(os.path.join(folder, "*.pt"))
-             if not os.path.samefile(p, path) and checkpoint_file_problem(p) is None]
+             if not os.path.samefile(p, path) and weights_file_problem(p) is None]
     return sorted(found, key=os.path.getmtime, reverse=True)
 
 
@@ -222,8 +208,8 @@ def unreadable_checkpoint_message(path: str, problem: str, resume_latest: bool =
 
 
 def require_checkpoint_file(path: str, resume_latest: bool = False) -> None:
-    """Raise CheckpointError (``unreadable_checkpoint_message``) when ``checkpoint_file_problem`` finds one."""
-    problem = checkpoint_file_problem(path)
+    """Raise CheckpointError (``unreadable_checkpoint_message``) when ``open_clip_ext.convert.weights_file_problem`` finds one."""
+    problem = weights_file_problem(path)
     if problem:
         raise CheckpointError(unreadable_checkpoint_message(path, problem, resume_latest))
 
@@ -321,6 +307,14 @@ def _changed_data(saved: Dict, layout: Dict) -> List[str]:
     return changed
 
 
+def _epoch_start(epoch: int) -> str:
+    """Where epoch ``epoch`` (counting from 0) can start afresh: the epoch-end checkpoint before it (``epoch`` counts
+    the completed epochs, so epoch_<epoch>.pt), or a new run for the first epoch, which has none."""
+    return (f"resume from the epoch-end checkpoint epoch_{epoch}.pt" if epoch else
+            "start the run afresh (another --name, or this one's checkpoints moved away): epoch 0 has no epoch-end "
+            "checkpoint before it")
+
+
 def check_resume_position(saved: Dict, layout: Dict, epoch: int, where: str) -> None:
     """Refuse (ResumeRefused) a mid-epoch resume whose flags would not continue the saved epoch at its next unseen
     sample: a changed order (data, seed) for any source; for a source that cannot resume sample-exactly, also a
@@ -345,12 +339,12 @@ def check_resume_position(saved: Dict, layout: Dict, epoch: int, where: str) -> 
                   else "the epoch's order would change")
         raise ResumeRefused(
             f"--resume {where}: cannot continue epoch {epoch} after its first {saved['epoch_samples']} samples: "
-            f"{flag} was {saved[key]!r}, now {layout[key]!r} ({reason}). Resume with the old value, or from an "
-            f"epoch-end checkpoint (epoch_{epoch}.pt), where it may change")
+            f"{flag} was {saved[key]!r}, now {layout[key]!r} ({reason}). Resume with the old value, or "
+            f"{_epoch_start(epoch)}, where it may change")
     changed = _changed_data(saved, layout)
     if changed:
         raise ResumeRefused(
             f"--resume {where}: cannot continue epoch {epoch} after its first {saved['epoch_samples']} samples: the "
             f"data changed since the checkpoint: {'; '.join(changed)} (the same positions would now hold other "
-            f"samples: some would train twice, others never). Restore the data the run started with, or resume "
-            f"from an epoch-end checkpoint (epoch_{epoch}.pt), where new data may start")
+            f"samples: some would train twice, others never). Restore the data the run started with, or "
+            f"{_epoch_start(epoch)}, where new data may start")

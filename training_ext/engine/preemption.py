@@ -15,6 +15,7 @@ under it mid-epoch.
 import logging
 import os
 import shlex
+import sys
 import signal
 import threading
 import time
@@ -73,7 +74,7 @@ class TrainingStopped(Exception):
 
 
 def resume_command(prog: str, flags: Sequence[str], name: str) -> str:
-    """``prog flags`` without any --resume, with ``--name name`` (a generated name would differ next time) and
+    """``prog flags`` (``python`` in ``prog`` spelt as this interpreter's path) without any --resume, with ``--name name`` (a generated name would differ next time) and
     ``--resume latest``, quoted for a POSIX shell."""
     kept, skip_value = [], False
     for flag in flags:
@@ -85,6 +86,8 @@ def resume_command(prog: str, flags: Sequence[str], name: str) -> str:
             kept.append(flag)
     if not any(flag == "--name" or flag.startswith("--name=") for flag in kept):
         kept += ["--name", name]
+    if prog.startswith("python "):  # the interpreter that ran this (a venv's python need not be on PATH)
+        prog = shlex.quote(sys.executable) + prog[len("python"):]
     return " ".join([prog, shlex.join(kept + ["--resume", "latest"])])
 
 

@@ -50,7 +50,8 @@ def require_model(name: str, flag: str, error: Error) -> Optional[dict]:
 def describe_text_tower(text_cfg: dict, context: Optional[int] = None) -> str:
     """'RoPE positions, 248 tokens', 'learned absolute positions, 77 tokens', ..."""
     kind = {"rope": "RoPE positions", "cope": "CoPE positions", "longclip": "Long-CLIP's stretched positions",
-            "uniform": "uniformly resized learned positions"}.get(text_cfg.get("pos_embed_type"),
+            "uniform": "uniformly resized learned positions",
+            "context": "the Hugging Face model's own positions"}.get(text_cfg.get("pos_embed_type"),
                                                                    "learned absolute positions")
     return f"{kind}, {context or text_cfg.get('context_length', STOCK_CONTEXT)} tokens"
 
@@ -67,12 +68,22 @@ def check_readable_file(path: str, flag: str, error: Error) -> None:
         error(f"{flag} {path}: cannot be read ({problem.strerror or problem})")
 
 
+def check_weights_file(path: str, flag: str, error: Error) -> None:
+    """A readable file that looks like whole weights (``open_clip_ext.convert.weights_file_problem``: its first
+    bytes and zip directory, no tensor read)."""
+    check_readable_file(path, flag, error)
+    from open_clip_ext.convert import weights_file_problem
+    problem = weights_file_problem(path)
+    if problem:
+        error(f"{flag} {path}: truncated or not a torch checkpoint ({problem}); copy it again or give another file")
+
+
 def check_weights(model: str, pretrained: str, flag: str, error: Error) -> None:
     """``pretrained`` is a pretrained tag of ``model``, an hf-hub: name, or a readable file."""
     if not pretrained or pretrained.startswith("hf-hub:") or is_remote_name(model):
         return
     if os.path.exists(pretrained):
-        check_readable_file(pretrained, flag, error)
+        check_weights_file(pretrained, flag, error)
         return
     if open_clip.get_pretrained_cfg(model, pretrained):
         return

@@ -6,6 +6,7 @@ import json
 import huggingface_hub
 import open_clip
 import pytest
+import torch
 from huggingface_hub.errors import HTTPError, LocalTokenNotFoundError
 
 from open_clip_ext.export import __main__ as cli
@@ -42,11 +43,21 @@ def test_a_missing_checkpoint_is_named_before_the_model_is_built(tmp_path, capsy
     assert built == [] and not (tmp_path / "out").exists()
 
 
-def test_an_unknown_model_stops_with_its_close_names(tmp_path, built):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["open-clip", "--model", "tiny-clip-ropee-248", "--output", str(tmp_path)])
-    assert str(exit_info.value.code).startswith("error: --model ") and "rope" in str(exit_info.value.code)
+def test_an_unknown_model_stops_with_its_close_names(tmp_path, built, capsys):
+    line = _error_line(capsys, ["open-clip", "--model", "tiny-clip-ropee-248", "--output", str(tmp_path)])
+    assert line.startswith("error: --model ") and "Did you mean: tiny-clip-rope-248" in line
     assert built == []
+
+
+def test_a_truncated_checkpoint_is_one_line_before_the_model_is_built(tmp_path, built, capsys):
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.zeros(64)}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    line = _error_line(capsys, ["transformers", "--model", ROPE, "--pretrained", str(cut),
+                                "--output", str(tmp_path / "out")])
+    assert line.startswith(f"error: --pretrained {cut}: {cut}: truncated or not a weights file (a zip archive")
+    assert built == [] and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flag, content, expected", [

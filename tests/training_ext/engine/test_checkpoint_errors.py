@@ -73,9 +73,9 @@ def test_resume_latest_with_a_truncated_latest_stops_before_any_model_is_built(t
 def test_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello")
-    assert checkpoint.checkpoint_file_problem(str(path)) == "5 bytes starting b'hell', not a zip archive"
+    assert checkpoint.weights_file_problem(str(path)) == "5 bytes starting b'hell', not a zip archive"
     whole = _training_checkpoint(tmp_path / "whole.pt", 1)
-    assert checkpoint.checkpoint_file_problem(whole) is None
+    assert checkpoint.weights_file_problem(whole) is None
 
 
 class _DiskFullAfter:

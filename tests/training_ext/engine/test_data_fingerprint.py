@@ -79,6 +79,9 @@ def test_check_resume_position_compares_fingerprints_mid_epoch_only(caplog):
                                             r"--train-data /d/train\.csv \(the CSV's bytes\).*epoch_1\.pt"):
         check_resume_position(_position(6, "aaa"), layout, 1, "ckpt")
     check_resume_position(_position(6, "bbb"), layout, 1, "ckpt")  # the same data
+    with pytest.raises(ResumeRefused) as first_epoch:  # epoch 0 has no epoch-end checkpoint before it
+        check_resume_position(_position(6, "aaa"), layout, 0, "ckpt")
+    assert "start the run afresh" in str(first_epoch.value) and "epoch_0.pt" not in str(first_epoch.value)
     with caplog.at_level(logging.INFO):
         check_resume_position(_position(0, "aaa"), layout, 1, "ckpt")  # an epoch boundary: allowed, logged
         assert "the data changed since the checkpoint (--train-data /d/train.csv" in caplog.text

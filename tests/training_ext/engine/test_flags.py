@@ -104,7 +104,8 @@ def test_refused_open_clip_train_flags_name_their_reason(capsys, data):
     assert "--zeroshot-frequency" in _error(capsys, parse1, _stage1(data, "--zeroshot-frequency", "1"))
     assert "teacher's, frozen" in _error(capsys, parse1, _stage1(data, "--lock-image"))
     assert "no negatives" in _error(capsys, parse1, _stage1(data, "--gather-with-grad"))
-    assert "SigLIP" in _error(capsys, parse2, _stage2(data, "--siglip"))
+    assert "stage 2 takes --siglip" in _error(capsys, parse1, _stage1(data, "--siglip"))
+    assert "logit bias" in _error(capsys, parse2, _stage2(data, "--siglip"))  # honoured, but tiny-clip has none
     assert "--teacher-model" in _error(capsys, parse1, _stage1(data, "--distill-model", "ViT-B-32"))
     args = parse2(_stage2(data, "--lock-image", "--gather-with-grad", "--allow-plain-clip"))  # honoured in stage 2
     assert args.lock_image and args.gather_with_grad
@@ -169,6 +170,8 @@ def test_an_existing_run_name_needs_resume(capsys, data):
     run = Path(data["logs"]) / "run"
     run.mkdir(parents=True)
     (run / "out.log").write_text("earlier run\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "epoch_1.pt").write_bytes(b"")  # a run with a checkpoint (one without: test_run_output)
     message = _error(capsys, main_distill_rope.parse_args, _stage1(data))
     assert "--name run" in message and "--resume latest" in message
     assert main_distill_rope.parse_args(_stage1(data, "--resume", "latest")).resume == "latest"
@@ -180,6 +183,11 @@ def test_missing_or_unreadable_files_are_named(capsys, data):
     assert "--student-checkpoint" in _error(capsys, parse2, _stage2(data, "--student-checkpoint", missing))
     assert _error(capsys, parse2, _stage2(data, "--student-model", missing)).startswith("--student-model")
     assert "not a file" in _error(capsys, parse2, _stage2(data, "--student-checkpoint", str(data["tmp"])))
+    cut = data["tmp"] / "cut.pt"
+    cut.write_bytes(b"PK\x03\x04" + bytes(60))  # a zip archive cut before its directory
+    for flag in ("--student-checkpoint", "--pretrained"):
+        message = _error(capsys, parse2, _stage2(data, flag, str(cut)))
+        assert message.startswith(f"{flag} {cut}: truncated or not a torch checkpoint"), message
     message = _error(capsys, parse1, _stage1(data, "--pretrained", missing))
     assert "--pretrained" in message and "no such file" in message and "not a pretrained tag" in message
     assert "--teacher-pretrained" in _error(capsys, parse1, _stage1(data, "--teacher-pretrained", "opnai"))

@@ -4,6 +4,7 @@ the command that resumes it, and --resume latest ends with the weights of an uni
 (2 gloo processes) a SIGTERM to every process of the group, DataLoader workers included, as SLURM sends it, stops
 both ranks at the same step, and the resumed run matches the uninterrupted one too."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def test_sigterm_mid_epoch_checkpoints_every_completed_step_and_resume_matches_u
     assert f"stopped on SIGTERM after step 2 (epoch 0); every completed step is in {latest}" in report
     assert "exit status 143" in report and "scontrol requeue $SLURM_JOB_ID" in report
     resume_line = next(line for line in report.splitlines() if line.startswith("resume with"))
-    assert resume_line.endswith("python -m training_ext.main_context_finetune_rope "
+    assert resume_line.endswith(f"{sys.executable} -m training_ext.main_context_finetune_rope "
                                 + " ".join(argv) + " --resume latest")
     saved = checkpoint_state(str(latest))
     assert (saved["epoch"], saved["step"]) == (0, 2)
@@ -99,7 +100,7 @@ def test_repeated_signal_within_the_window_is_one_request_a_later_one_aborts_and
 
 def test_resume_command_keeps_the_flags_and_replaces_resume():
     command = preemption.resume_command("python -m m", ["--lr", "1e-3", "--resume", "a b.pt", "--logs", "x"], "run")
-    assert command == "python -m m --lr 1e-3 --logs x --name run --resume latest"
+    assert command == f"{shlex.quote(sys.executable)} -m m --lr 1e-3 --logs x --name run --resume latest"
     assert preemption.resume_command("p", ["--name=n", "--resume=latest"], "n") == "p --name=n --resume latest"
 
 

@@ -1,8 +1,10 @@
 """Every model spec, checkpoint and benchmark is checked before the first model runs; each finished model's results
 are on disk before the next one starts; every result prints its protocol card."""
 import json
+import zipfile
 
 import pytest
+import torch
 
 from training_ext.eval.runner import main
 
@@ -21,6 +23,20 @@ def test_missing_checkpoint_stops_before_any_model_runs(tmp_path, capsys, loads)
     err = capsys.readouterr().err
     assert "error: --model tiny-clip:missing.pt: checkpoint file not found" in err and "missing.pt" in err
     assert loads == [] and not out.exists()
+
+
+def test_a_truncated_checkpoint_stops_before_any_model_runs(tmp_path, capsys, loads):
+    root, _ = make_urban1k(str(tmp_path / "urban"), count=4)
+    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
+    torch.save({"w": torch.zeros(64)}, whole)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", f"tiny-clip-rope-248:{cut}", "--urban1k", root, "--output-dir", str(tmp_path / "out"),
+              *COMMON])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --model tiny-clip-rope-248:{cut}: ") and "truncated or not a weights file" in err
+    assert "Traceback" not in err and loads == []
 
 
 def test_unknown_model_and_bad_benchmark_stop_with_an_error_line(tmp_path, capsys, loads):
@@ -45,7 +61,8 @@ def test_unknown_model_and_bad_benchmark_stop_with_an_error_line(tmp_path, capsy
 def test_a_crash_in_model_three_keeps_models_one_and_two_on_disk(tmp_path, capsys, loads):
     root, _ = make_urban1k(str(tmp_path / "urban"), count=4)
     broken = tmp_path / "broken.pt"
-    broken.write_bytes(b"not a checkpoint")  # exists, so it passes the up-front check; loading it fails
+    with zipfile.ZipFile(broken, "w") as archive:  # a whole zip, so it passes the up-front check; loading fails
+        archive.writestr("x", "not a checkpoint")
     out = tmp_path / "out"
     specs = ["tiny-clip", "tiny-clip-rope-248", f"tiny-clip:{broken}"]
     with pytest.raises(Exception):
