@@ -76,7 +76,11 @@ def build_towers(base: str, context_length: int, device_type: str = "cpu"):
                             eos_id=text_cfg.get("eos_id", defaults.eos_id))
     towers = {"stock": stock}
     for position in ("rope", "cope"):
-        ext_cfg = open_clip_ext.derive_config(base, position, context_length)["text_cfg"]
+        # derived at the base's own length (a variant never reads less), then built at the benchmark's length so
+        # that every row computes on the same sequence
+        derived = open_clip_ext.derive_config(base, position, max(context_length, cfg["text_cfg"].get(
+            "context_length", defaults.context_length)))
+        ext_cfg = dict(derived["text_cfg"], context_length=context_length)
         towers[position] = build_relpos_text_tower(cfg["embed_dim"], ext_cfg)
     towers["rope-full"] = copy.deepcopy(towers["rope"])
     towers["rope-full"].last_block_at_pooled_rows = False

@@ -38,6 +38,7 @@ LAYOUTS = {
               "ViT-B-16-SigLIP2"),
 }
 SENTENCEPIECE_LAYOUTS = ("siglip", "gemma")
+METACLIP2_LAYOUTS = ("xlmv", "mt5")  # the tokenizers of MetaCLIP 2 worldwide configs (metaclip2_config)
 
 
 def save_tokenizer(folder: str, layout: str, texts: Iterable[str]) -> str:

@@ -10,7 +10,8 @@ from tokenizers import Tokenizer
 
 from support.benchmark_fixtures import make_urban1k
 from support.naive_retrieval import build_model, naive_text_features
-from support.non_clip_tokenizers import LAYOUTS, register_metaclip2, save_tokenizer, unregister, vocab_size
+from support.non_clip_tokenizers import (LAYOUTS, METACLIP2_LAYOUTS, register_metaclip2, save_tokenizer, unregister,
+                                         vocab_size)
 from training_ext.eval.datasets import BENCHMARKS, RetrievalSet
 from training_ext.eval.length_buckets import token_counts, tokenize_and_count
 from training_ext.eval.perturb import perturb_captions
@@ -18,7 +19,7 @@ from training_ext.eval.protocol_card import dataset_card
 from training_ext.eval.runner import LoadedModel, ModelSpec, SelectedBenchmark, evaluate_retrieval
 
 
-@pytest.fixture(params=list(LAYOUTS))
+@pytest.fixture(params=list(METACLIP2_LAYOUTS))
 def metaclip2(request, tmp_path):
     """(layout, tokenizer folder, {context: model name}, Urban1k-style benchmark data) for one layout."""
     layout = request.param
