@@ -18,7 +18,15 @@ caption), ``short_title`` (short caption)):
   of the detail's colour word in open_clip's untruncated token ids, start token = 0) are added. The groups'
   detail positions sweep evenly over the whole range. A 77-token model keeps the start token, 75 caption tokens
   and the end token, so it sees a detail at position <= ``LAST_TEACHER_POSITION`` (75) and is at chance inside
-  a group whose detail lies later.
+  a group whose detail lies later;
+- ``test_detail_long.csv`` (``n_test_long``, default ``LONG_GROUPS`` groups: 256 at group size 8): the same kind of groups with up to
+  ``LONG_MAX_FILLERS`` fillers (captions up to 504 tokens) and the detail swept over tokens
+  ``LONG_DETAIL_RANGE`` (250-497): past everything a 248-token student reads, inside 512;
+- ``train_long.csv`` (``n_train_long``, default 0 = not written): random scenes with 0 to ``LONG_MAX_FILLERS``
+  fillers (134-504 tokens), to fine-tune at 512.
+
+The two long splits come from random streams of their own, drawn after every other split, so the other files are
+the same bytes whether or not they are written.
 
 No scene occurs in two splits (a scene is the grid of colours; the filler layout is caption-only). ``meta.json``
 records the seed, sizes, token-length statistics and the detail positions as re-checked with open_clip's
@@ -78,6 +86,12 @@ N_SLOTS = N_BLOCKS + 1
 TEACHER_CONTEXT = 77
 LAST_TEACHER_POSITION = TEACHER_CONTEXT - 2
 STUDENT_CONTEXT = 248
+# The long splits: 37 fillers give 504 tokens, the longest caption that fits a 512-token model whole; their details
+# sit past the students' 248 tokens.
+LONG_CONTEXT = 512
+LONG_MAX_FILLERS = 37
+LONG_DETAIL_RANGE = (250, 500)
+LONG_GROUPS = 32  # test_detail_long's default size in groups: 8 groups per 50-token stretch of the range
 # The summary names the top-left block's colour, so a change there would also show at token ~19: the detail is
 # any other block.
 DETAIL_BLOCKS = tuple(range(1, N_BLOCKS))
@@ -88,6 +102,8 @@ SPLIT_FILES = {
     "test_ordinary": "test_ordinary.csv",
     "test_detail": "test_detail.csv",
 }
+LONG_SPLIT_FILES = {"test_detail_long": "test_detail_long.csv", "train_long": "train_long.csv"}
+DETAIL_SPLITS = ("test_detail", "test_detail_long")
 BASE_COLUMNS = ["filepath", "title", "short_title"]
 DETAIL_COLUMNS = ["group", "detail_block", "detail_position"]
 
@@ -229,10 +245,10 @@ def token_grid() -> TokenGrid:
     return grid
 
 
-def detail_position_range() -> Tuple[int, int]:
-    """The first and last token position a detail can take (over DETAIL_BLOCKS and every filler count)."""
+def detail_position_range(max_fillers: int = MAX_FILLERS) -> Tuple[int, int]:
+    """The first and last token position a detail can take (over DETAIL_BLOCKS and 0..max_fillers fillers)."""
     grid = token_grid()
-    return (grid.detail_position(DETAIL_BLOCKS[0], 0), grid.detail_position(DETAIL_BLOCKS[-1], MAX_FILLERS))
+    return (grid.detail_position(DETAIL_BLOCKS[0], 0), grid.detail_position(DETAIL_BLOCKS[-1], max_fillers))
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -252,22 +268,26 @@ def _layout_from_slots(slot_of_filler: Sequence[int], rng: np.random.Generator) 
     return Layout(tuple(tuple(slot) for slot in slots))
 
 
-def random_layout(rng: np.random.Generator) -> Layout:
-    """0..MAX_FILLERS fillers (uniform count), each in a uniformly drawn slot."""
-    n_fillers = int(rng.integers(0, MAX_FILLERS + 1))
+def random_layout(rng: np.random.Generator, max_fillers: int = MAX_FILLERS) -> Layout:
+    """0..max_fillers fillers (uniform count), each in a uniformly drawn slot."""
+    n_fillers = int(rng.integers(0, max_fillers + 1))
     return _layout_from_slots(rng.integers(0, N_SLOTS, size=n_fillers), rng)
 
 
-def layout_for_detail(rng: np.random.Generator, block: int, fillers_before: int) -> Layout:
-    """A random layout with exactly ``fillers_before`` fillers up to ``block``'s sentence and 0 or more after it."""
-    after = int(rng.integers(0, MAX_FILLERS - fillers_before + 1))
+def layout_for_detail(rng: np.random.Generator, block: int, fillers_before: int,
+                      max_fillers: int = MAX_FILLERS) -> Layout:
+    """A random layout with exactly ``fillers_before`` fillers up to ``block``'s sentence and 0 or more after it,
+    ``max_fillers`` at most."""
+    after = int(rng.integers(0, max_fillers - fillers_before + 1))
     slot_of_filler = list(rng.integers(0, block + 1, size=fillers_before))
     slot_of_filler += list(rng.integers(block + 1, N_SLOTS, size=after))
     return _layout_from_slots(slot_of_filler, rng)
 
 
-def sample_items(rng: np.random.Generator, count: int, excluded: Set[Scene]) -> List[Item]:
-    """``count`` items with distinct random scenes, none of them in ``excluded``, each with a random layout."""
+def sample_items(rng: np.random.Generator, count: int, excluded: Set[Scene],
+                 max_fillers: int = MAX_FILLERS) -> List[Item]:
+    """``count`` items with distinct random scenes, none of them in ``excluded``, each with a random layout of
+    up to ``max_fillers`` fillers."""
     capacity = len(COLOUR_NAMES) ** N_BLOCKS - len(excluded)
     if count > capacity // 2:
         raise ValueError(f"asked for {count} distinct scenes; the world has room for far fewer ({capacity})")
@@ -277,44 +297,51 @@ def sample_items(rng: np.random.Generator, count: int, excluded: Set[Scene]) -> 
         scene = _random_scene(rng)
         if scene not in seen:
             seen.add(scene)
-            items.append(Item(scene, random_layout(rng)))
+            items.append(Item(scene, random_layout(rng, max_fillers)))
     return items
 
 
-def _detail_choice(rng: np.random.Generator, target: float) -> Tuple[int, int]:
-    """(block, fillers before it) whose detail position is nearest ``target``; ties drawn at random."""
+def _detail_choice(rng: np.random.Generator, target: float, max_fillers: int) -> Tuple[int, int]:
+    """(block, fillers before it, at most ``max_fillers``) whose detail position is nearest ``target``; ties drawn
+    at random."""
     grid = token_grid()
     options = [(abs(grid.detail_position(b, n) - target), b, n)
-               for b in DETAIL_BLOCKS for n in range(MAX_FILLERS + 1)]
+               for b in DETAIL_BLOCKS for n in range(max_fillers + 1)]
     best = min(distance for distance, _, _ in options)
     nearest = [(b, n) for distance, b, n in options if distance == best]
     return nearest[int(rng.integers(0, len(nearest)))]
 
 
-def sample_detail_groups(rng: np.random.Generator, n_groups: int, group_size: int,
-                         excluded: Set[Scene]) -> List[List[Item]]:
-    """Groups of scenes that differ only in one block's colour, with one layout per group.
+def sample_detail_groups(rng: np.random.Generator, n_groups: int, group_size: int, excluded: Set[Scene],
+                         max_fillers: int = MAX_FILLERS,
+                         position_range: Optional[Tuple[int, int]] = None) -> List[List[Item]]:
+    """Groups of scenes that differ only in one block's colour, with one layout (up to ``max_fillers`` fillers)
+    per group.
 
-    Group g aims its detail at a position drawn uniformly from the g-th of ``n_groups`` equal slices of the
-    possible range (stratified), so the positions cover the range evenly even for a handful of groups.
+    Group g aims its detail at a position drawn uniformly from the g-th of ``n_groups`` equal slices of
+    ``position_range`` (default: the whole possible range; clipped to it), stratified, so the positions cover the
+    range evenly even for a handful of groups.
     """
     if not 2 <= group_size <= len(COLOUR_NAMES):
         raise ValueError(f"group_size must be between 2 and {len(COLOUR_NAMES)} (one colour per member), "
                          f"got {group_size}")
-    low, high = detail_position_range()
+    possible = detail_position_range(max_fillers)
+    low, high = position_range or possible
+    # the nearest reachable position to a target past the range would pile up at its end: aim inside it
+    low, high = max(low, possible[0]), min(high, possible[1])
     groups: List[List[Item]] = []
     seen = set(excluded)
     while len(groups) < n_groups:
         g = len(groups)
         target = low + (g + rng.random()) / n_groups * (high - low)
-        block, before = _detail_choice(rng, target)
+        block, before = _detail_choice(rng, target, max_fillers)
         base = _random_scene(rng)
         colours = rng.permutation(len(COLOUR_NAMES))[:group_size]
         scenes = [base.with_block(block, int(c)) for c in colours]
         if any(scene in seen for scene in scenes):  # an earlier split or group holds one: draw the group again
             continue
         seen.update(scenes)
-        layout = layout_for_detail(rng, block, before)
+        layout = layout_for_detail(rng, block, before, max_fillers)
         groups.append([Item(scene, layout, g, block) for scene in scenes])
     return groups
 
@@ -339,9 +366,10 @@ def write_split(out_dir: Path, split: str, items: Sequence[Item], image_size: in
         if item.detail_block is not None:
             row.update(group=item.group, detail_block=item.detail_block, detail_position=detail_position(item))
         rows.append(row)
-    columns = BASE_COLUMNS + (DETAIL_COLUMNS if split == "test_detail" else [])
+    columns = BASE_COLUMNS + (DETAIL_COLUMNS if split in DETAIL_SPLITS else [])
     frame = pd.DataFrame(rows, columns=columns)
-    write_tsv(str(out_dir / SPLIT_FILES[split]), columns, frame.itertuples(index=False, name=None))
+    write_tsv(str(out_dir / {**SPLIT_FILES, **LONG_SPLIT_FILES}[split]), columns,
+              frame.itertuples(index=False, name=None))
     return frame
 
 
@@ -350,13 +378,15 @@ def token_length_stats(captions: Sequence[str]) -> Dict[str, float]:
     return {"min": min(lengths), "max": max(lengths), "mean": round(float(np.mean(lengths)), 2)}
 
 
-def check_detail_groups(captions: Sequence[str], groups: Sequence[int], positions: Sequence[int]) -> Dict:
+def check_detail_groups(captions: Sequence[str], groups: Sequence[int], positions: Sequence[int],
+                        context: int = STUDENT_CONTEXT) -> Dict:
     """Re-tokenize with the real tokenizer: each group's captions differ at exactly one token, the recorded
-    ``detail_position``, and every caption fits the students' context. Returns the sweep's statistics."""
+    ``detail_position``, and every caption fits ``context`` tokens (the students'). Returns the sweep's
+    statistics."""
     ids = _token_ids(captions)
     longest = max(len(seq) for seq in ids)
-    if longest > STUDENT_CONTEXT:
-        raise ValueError(f"a detail caption has {longest} tokens, more than the {STUDENT_CONTEXT} a student reads")
+    if longest > context:
+        raise ValueError(f"a detail caption has {longest} tokens, more than the {context} a model reads")
     members: Dict[int, List[int]] = {}
     for index, group in enumerate(groups):
         members.setdefault(group, []).append(index)
@@ -379,17 +409,26 @@ def check_detail_groups(captions: Sequence[str], groups: Sequence[int], position
 
 
 def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 256, n_test: int = 512,
-                     group_size: int = 8, image_size: int = 32) -> dict:
-    """Write all four splits and ``meta.json`` under ``out_dir``; the same arguments give the same files.
+                     group_size: int = 8, image_size: int = 32, n_test_long: Optional[int] = None,
+                     n_train_long: int = 0) -> dict:
+    """Write the four splits, the long ones (``n_test_long`` / ``n_train_long`` > 0) and ``meta.json`` under
+    ``out_dir``; the same arguments give the same files.
 
-    Test splits are drawn first, then val, then train, each from its own random streams: the test splits do not
-    depend on the train/val sizes, and no scene is in two splits.
+    Test splits are drawn first, then val, then train, then the long test and train splits, each from its own
+    random streams: the test splits do not depend on the train/val sizes, the first four splits do not depend on
+    the long ones, and no scene is in two splits. ``n_test_long`` None: LONG_GROUPS groups. Raises ValueError for
+    sizes that cannot be met.
     """
-    if n_test % group_size:
-        raise ValueError(f"--n-test ({n_test}) must be a multiple of --group-size ({group_size})")
+    n_test_long = LONG_GROUPS * group_size if n_test_long is None else n_test_long
+    for name, value in (("n_test", n_test), ("n_test_long", n_test_long)):
+        if value % group_size:
+            raise ValueError(f"--{name.replace('_', '-')} ({value}) must be a multiple of --group-size ({group_size})")
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
+    for name, value in (("n_test_long", n_test_long), ("n_train_long", n_train_long)):
+        if value < 0:
+            raise ValueError(f"{name} must be 0 (not written) or positive, got {value}")
     grid = token_grid()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -405,18 +444,31 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 2
     test_scenes = {i.scene for i in detail_items + ordinary}
     val = sample_items(item_rng["val"], n_val, excluded=test_scenes)
     train = sample_items(item_rng["train"], n_train, excluded=test_scenes | {i.scene for i in val})
+    # the long splits: a third stream of the seed (spawned children depend only on their index, so the first two
+    # streams, and the files above, are the same as without it), scenes unused by every split above
+    long_items, long_pixels = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)[2].spawn(2))
+    used = test_scenes | {i.scene for i in val + train}
+    long_detail = [item for group in sample_detail_groups(long_items, n_test_long // group_size, group_size, used,
+                                                          LONG_MAX_FILLERS, LONG_DETAIL_RANGE) for item in group]
+    long_train = sample_items(long_items, n_train_long, used | {i.scene for i in long_detail}, LONG_MAX_FILLERS)
 
     splits = {}
-    detail_check = None
-    for split, items in tqdm([("test_detail", detail_items), ("test_ordinary", ordinary), ("val", val),
-                              ("train", train)], desc="splits", unit="split"):
-        frame = write_split(out_dir, split, items, image_size, pixel_rng[split])
-        splits[split] = {"csv": str(out_dir / SPLIT_FILES[split]), "n": len(frame),
+    detail_check = {}
+    for split, items, pixels in tqdm([("test_detail", detail_items, pixel_rng["test_detail"]),
+                                      ("test_ordinary", ordinary, pixel_rng["test_ordinary"]),
+                                      ("val", val, pixel_rng["val"]), ("train", train, pixel_rng["train"]),
+                                      ("test_detail_long", long_detail, long_pixels),
+                                      ("train_long", long_train, long_pixels)], desc="splits", unit="split"):
+        if not items:
+            continue
+        frame = write_split(out_dir, split, items, image_size, pixels)
+        splits[split] = {"csv": str(out_dir / {**SPLIT_FILES, **LONG_SPLIT_FILES}[split]), "n": len(frame),
                          "tokens": token_length_stats(frame["title"].tolist()),
                          "short_tokens": token_length_stats(frame["short_title"].tolist())}
-        if split == "test_detail":
-            detail_check = check_detail_groups(frame["title"].tolist(), frame["group"].tolist(),
-                                               frame["detail_position"].tolist())
+        if split in DETAIL_SPLITS:
+            detail_check[split] = check_detail_groups(
+                frame["title"].tolist(), frame["group"].tolist(), frame["detail_position"].tolist(),
+                LONG_CONTEXT if split == "test_detail_long" else STUDENT_CONTEXT)
     meta = {
         "generator": "training_ext.synthetic",
         "seed": seed,
@@ -432,7 +484,10 @@ def generate_dataset(out_dir, seed: int = 0, n_train: int = 8192, n_val: int = 2
         "csv_columns": {"image": "filepath", "long_caption": "title", "short_caption": "short_title",
                         "detail": DETAIL_COLUMNS},
         "splits": splits,
-        "detail": detail_check,
+        "detail": detail_check["test_detail"],
+        "long_context": LONG_CONTEXT,
+        "long_max_fillers": LONG_MAX_FILLERS,
+        "detail_long": detail_check.get("test_detail_long"),
     }
     write_json(str(out_dir / "meta.json"), meta)
     return meta
@@ -453,6 +508,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, default=8,
                         help="detail images per group (same scene and layout, one block's colour differs)")
     parser.add_argument("--image-size", type=int, default=32, help="image side in pixels, a multiple of 8")
+    parser.add_argument("--n-test-long", type=int, default=None,
+                        help=f"images in test_detail_long.csv (captions up to 504 tokens, the detail at tokens "
+                             f"250-497); a multiple of --group-size, 0: not written (default: {LONG_GROUPS} groups, "
+                             f"{LONG_GROUPS * 8} images at --group-size 8)")
+    parser.add_argument("--n-train-long", type=int, default=0,
+                        help="training images in train_long.csv (captions of 134-504 tokens, for a 512-token "
+                             "fine-tune); 0 (default): not written")
     return parser.parse_args(argv)
 
 
@@ -460,7 +522,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         meta = generate_dataset(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
-                                n_test=args.n_test, group_size=args.group_size, image_size=args.image_size)
+                                n_test=args.n_test, group_size=args.group_size, image_size=args.image_size,
+                                n_test_long=args.n_test_long, n_train_long=args.n_train_long)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -470,6 +533,10 @@ def main(argv=None) -> int:
           f"{detail['min_position']}-{detail['max_position']} ({detail['groups_past_teacher_context']} of "
           f"{detail['n_groups']} groups past token {LAST_TEACHER_POSITION}, the last a {TEACHER_CONTEXT}-token "
           f"model reads)")
+    long = meta["detail_long"]
+    if long:
+        print(f"test_detail_long.csv: {long['n_groups']} groups, detail at tokens {long['min_position']}-"
+              f"{long['max_position']}, captions up to {long['max_tokens']} tokens (read them at {LONG_CONTEXT})")
     return 0
 
 

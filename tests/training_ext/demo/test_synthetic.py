@@ -3,6 +3,7 @@ open_clip's own tokenizer (independently of the generator's token arithmetic and
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -15,12 +16,13 @@ from training_ext.demo import colour_grids as synthetic
 from training_ext.common.captions import first_sentence
 
 SPLITS = ("train", "val", "test_ordinary", "test_detail")
-SIZES = dict(n_train=40, n_val=8, n_test=48, group_size=4)
+LONG_SPLITS = ("test_detail_long", "train_long")
+SIZES = dict(n_train=40, n_val=8, n_test=48, group_size=4, n_test_long=32, n_train_long=16)
 EOT = 49407
 
 
 def _read(out_dir, split):
-    return pd.read_csv(out_dir / synthetic.SPLIT_FILES[split], sep="\t")
+    return pd.read_csv(out_dir / {**synthetic.SPLIT_FILES, **synthetic.LONG_SPLIT_FILES}[split], sep="\t")
 
 
 def _split_digest(out_dir, split):
@@ -193,10 +195,11 @@ def test_no_scene_is_in_two_splits(dataset):
     """A scene is the colour grid (the filler layout is caption-only), read back from the block sentences."""
     out_dir, _ = dataset
     pattern = re.compile(r"row is (\w+), a solid colour")
-    grids = {split: [tuple(pattern.findall(t)) for t in _read(out_dir, split)["title"]] for split in SPLITS}
-    for split in SPLITS:
+    grids = {split: [tuple(pattern.findall(t)) for t in _read(out_dir, split)["title"]]
+             for split in SPLITS + LONG_SPLITS}
+    for split in grids:
         assert len(set(grids[split])) == len(grids[split])
-        for other in SPLITS:
+        for other in grids:
             if other != split:
                 assert not set(grids[split]) & set(grids[other]), (split, other)
 
@@ -212,9 +215,55 @@ def test_bad_sizes_are_refused_with_a_clear_message(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     code = synthetic.main(["--out", str(tmp_path / "cli"), "--seed", "1", "--n-train", "8", "--n-val", "4",
-                           "--n-test", "8", "--group-size", "4"])
+                           "--n-test", "8", "--group-size", "4", "--n-test-long", "8"])
     assert code == 0
     assert "differ at one token" in capsys.readouterr().out
     meta = json.loads((tmp_path / "cli" / "meta.json").read_text())
     assert meta["splits"]["train"]["n"] == 8 and meta["group_size"] == 4
     assert synthetic.main(["--out", str(tmp_path / "bad"), "--n-test", "6", "--group-size", "4"]) == 2
+
+
+def _file_hashes(folder):
+    return {path.relative_to(folder): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_long_splits_leave_every_other_file_byte_identical(tmp_path):
+    """The long splits are drawn after everything else from their own streams: generating them into the same
+    folder rewrites the other CSVs and images with the same bytes (meta.json only gains entries)."""
+    sizes = dict(seed=5, n_train=8, n_val=4, n_test=8, group_size=4)
+    synthetic.generate_dataset(tmp_path, n_test_long=0, **sizes)
+    before = _file_hashes(tmp_path)
+    assert not any(str(path).startswith(("test_detail_long", "train_long", "images/test_detail_long"))
+                   for path in before)
+    synthetic.generate_dataset(tmp_path, n_test_long=8, n_train_long=4, **sizes)
+    after = _file_hashes(tmp_path)
+    meta = Path("meta.json")
+    assert {k: v for k, v in after.items() if k in before and k != meta} == \
+        {k: v for k, v in before.items() if k != meta}
+    assert after[meta] != before[meta]
+    assert {Path("test_detail_long.csv"), Path("train_long.csv")} <= set(after)
+
+
+def test_long_detail_sits_at_tokens_250_to_500_by_clips_tokenizer(dataset):
+    """Recount with open_clip's tokenizer at 512: every long caption fits whole, each group differs at exactly one
+    token, its recorded position, between 250 and 500; at 248 tokens a group's captions are the same ids."""
+    out_dir, meta = dataset
+    frame = _read(out_dir, "test_detail_long")
+    ids = _ids(frame["title"], synthetic.LONG_CONTEXT)
+    lengths = (ids != 0).sum(dim=1)
+    assert bool((ids[torch.arange(len(ids)), lengths - 1] == EOT).all()) and int(lengths.max()) <= 504
+    cut = _ids(frame["title"], synthetic.STUDENT_CONTEXT)
+    positions = []
+    for group, members in frame.groupby("group"):
+        rows = ids[torch.tensor(members.index.tolist())]
+        differing = torch.nonzero((rows != rows[0]).any(dim=0)).flatten().tolist()
+        assert differing == [int(members["detail_position"].iloc[0])], f"group {group}"
+        assert len({tuple(r.tolist()) for r in cut[torch.tensor(members.index.tolist())]}) == 1
+        positions.append(differing[0])
+    assert 250 <= min(positions) and max(positions) <= 500
+    # stratified over 250-497: the 8 groups spread over the range, not piled at one end
+    assert min(positions) < 290 and max(positions) > 450
+    assert meta["detail_long"]["min_position"] == min(positions)
+    train_lengths = (_ids(_read(out_dir, "train_long")["title"], synthetic.LONG_CONTEXT) != 0).sum(dim=1)
+    assert int(train_lengths.max()) > synthetic.STUDENT_CONTEXT and int(train_lengths.max()) <= 504
