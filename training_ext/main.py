@@ -35,6 +35,7 @@ def main(argv=None):
     preflight.require_model(args.model, "--model", lambda message: params.fail(PROG, message))
     check_contrastive_pairs(args, params.world_size_from_env(), lambda message: params.fail(PROG, message))
     check_csvs(args, lambda message: params.fail(PROG, message))
+    check_shards(args, lambda message: params.fail(PROG, message))
     from training_ext.engine.open_clip_train_patches import use_project_csv_reader
     use_project_csv_reader(csv_image_root)  # CSVs read by the project's reader and rules, as the stages read them
     from open_clip_train.main import main as open_clip_train_main
@@ -82,6 +83,24 @@ def check_csvs(args, error) -> None:
             try:
                 image_table(path, args.csv_img_key, args.csv_caption_key, None, args.csv_separator, keep=True)
             except (ValueError, KeyError) as problem:  # CsvFormatError, CsvColumnError, TextDecodeError
+                error(str(problem))
+
+
+def check_shards(args, error) -> None:
+    """Every local shard a webdataset pattern names must exist (``error(message)``, which exits, names the missing
+    ones), as the stages check them: open_clip_train's reader would log and skip a missing shard and fill the epoch
+    with repeats of the others. A shard cut short is not checked here: open_clip_train's own reader reads it."""
+    from training_ext.data.loaders import dataset_type
+    from training_ext.data.shard_checks import ShardsMissingError, shard_listing
+    for flag, pattern in (("--train-data", args.train_data), ("--val-data", args.val_data)):
+        try:
+            is_shards = bool(pattern) and dataset_type(args, pattern) == "webdataset"
+        except ValueError:  # no type to tell: open_clip_train's own error follows
+            is_shards = False
+        if is_shards:
+            try:
+                shard_listing(pattern).check(flag)
+            except ShardsMissingError as problem:
                 error(str(problem))
 
 

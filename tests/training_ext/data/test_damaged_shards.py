@@ -7,6 +7,7 @@ import pytest
 
 from support.shard_fixtures import jpeg_bytes, write_shard
 from support.training_helpers import STUDENT, TEACHER, long_caption
+from training_ext import main as train_main
 from training_ext import main_distill_rope
 from training_ext.data.keyed_captions import webdataset_captions
 from training_ext.data.loaders import get_text_data
@@ -120,6 +121,19 @@ def test_a_missing_shard_stops_before_any_model_naming_it(tmp_path, capsys):
     assert listing.missing == [] and listing.remote == ["pipe:cat x.tar"]  # remote: checked when read
     assert sorted(listing.sizes.values()) == sorted(
         (tmp_path / f"train-{i}.tar").stat().st_size for i in (0, 2))
+
+
+def test_open_clip_trains_main_refuses_missing_shards_before_it_starts(tmp_path, capsys):
+    _shard(tmp_path / "train-0.tar")
+    pattern = str(tmp_path / "train-{0..1}.tar")
+    with pytest.raises(SystemExit) as stop:
+        train_main.main(["--model", TEACHER, "--train-data", pattern, "--dataset-type", "webdataset",
+                         "--train-num-samples", "32", "--batch-size", "4", "--logs", str(tmp_path / "logs"),
+                         "--device", "cpu"])
+    assert stop.value.code == 2 and not (tmp_path / "logs").exists()  # before open_clip_train set anything up
+    error = capsys.readouterr().err
+    assert f"--train-data {pattern}: 1 of 2 shards do not exist: {tmp_path / 'train-1.tar'}" in error
+    assert "Traceback" not in error
 
 
 def test_the_precompute_refuses_missing_shards_before_loading_the_teacher(tmp_path, monkeypatch):
