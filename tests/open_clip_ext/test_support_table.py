@@ -4,7 +4,6 @@ config per supported family builds every supported kind, reads past the base's c
 weights with only the learned positions left behind (a Hugging Face text tower's from a tiny local transformers
 model of its type: nothing is downloaded); the export column is what the exporter's checks say."""
 import re
-from copy import deepcopy
 from pathlib import Path
 
 import open_clip
@@ -18,9 +17,9 @@ from open_clip_ext.configs import CONTEXT_ONLY, POSITION_TYPES, TOWER_ACTIVATION
 from open_clip_ext.convert import to_custom_text_layout
 from open_clip_ext.export.transformers_clip import ExportError, hf_vision_config
 from open_clip_ext.towers import build_ext_text_tower
+from support.family_configs import representatives, shrunk_config
 from support.model_registry import restored_registry  # noqa: F401  (fixture)
 from support.naive_towers import randomize_
-from support.non_clip_tokenizers import hf_model_type, save_tiny_hf_tower
 from training_ext.stages.flags import POSITIONS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -71,20 +70,6 @@ def test_refused_text_towers_are_refused_by_the_tower_builder_with_the_same_reas
                 build_ext_text_tower(cfg["embed_dim"], text_cfg)
 
 
-def _shrunk(cfg: dict, folder: Path) -> dict:
-    """``cfg`` with a 1-layer 32-wide text tower over 600 ids and tiny-clip's image tower (the text tower decides
-    support; the image towers of several families are full-size timm models). A Hugging Face text tower becomes a
-    tiny transformers model of its type saved to ``folder``."""
-    cfg = deepcopy(cfg)
-    tiny = open_clip.get_model_config("tiny-clip")
-    cfg["embed_dim"], cfg["vision_cfg"] = tiny["embed_dim"], tiny["vision_cfg"]
-    cfg["text_cfg"].update(width=32, heads=2, layers=1, vocab_size=600)
-    if cfg["text_cfg"].get("hf_model_name"):
-        model_type = hf_model_type(cfg["text_cfg"]["hf_model_name"])
-        cfg["text_cfg"]["hf_model_name"] = save_tiny_hf_tower(str(folder), model_type, vocab=600)
-    return cfg
-
-
 def _long_ids(text_cfg: dict, length: int) -> torch.Tensor:
     """(1, length) ids ending in the token the tower pools at: the end id (eos pooling) or the largest id."""
     ids = torch.randint(3, 598, (1, length), generator=torch.Generator().manual_seed(0))
@@ -92,17 +77,14 @@ def _long_ids(text_cfg: dict, length: int) -> torch.Tensor:
     return ids
 
 
-REPRESENTATIVES = {}
-for _s in BASES:
-    if _s.kinds:
-        REPRESENTATIVES.setdefault(_s.family, _s)
+REPRESENTATIVES = representatives(BASES)
 
 
 @pytest.mark.parametrize("family", sorted(REPRESENTATIVES))
 def test_a_shrunk_representative_of_each_supported_family_builds_every_kind_from_its_base(family, tmp_path):
     s = REPRESENTATIVES[family]
     base = f"support-test-{s.name}"
-    register_model_config(base, _shrunk(open_clip.get_model_config(s.name), tmp_path / "hf"))
+    register_model_config(base, shrunk_config(open_clip.get_model_config(s.name), tmp_path / "hf"))
     stock = randomize_(open_clip.create_model(base))
     # the config's, which the tokenizer reads (open_clip's HF tower reports max_position_embeddings instead)
     context = open_clip.get_model_config(base)["text_cfg"].get("context_length", 77)

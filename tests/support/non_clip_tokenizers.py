@@ -36,6 +36,10 @@ LAYOUTS = {
     "gemma": (["<pad>", "<eos>", "<bos>", "<unk>"], "$A <eos>",
               {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}, 1,
               "ViT-B-16-SigLIP2"),
+    # CLIPA's bert-base-uncased ([CLS] ... [SEP], the [SEP] stripped by its tokenizer_kwargs; 'last' pooling)
+    "bert": (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "[CLS] $A [SEP]",
+             {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+              "mask_token": "[MASK]"}, None, "ViT-L-14-CLIPA"),
 }
 SENTENCEPIECE_LAYOUTS = ("siglip", "gemma")
 METACLIP2_LAYOUTS = ("xlmv", "mt5")  # the tokenizers of MetaCLIP 2 worldwide configs (metaclip2_config)
@@ -48,9 +52,9 @@ def save_tokenizer(folder: str, layout: str, texts: Iterable[str]) -> str:
     if layout in SENTENCEPIECE_LAYOUTS:
         tokenizer = Tokenizer(models.Unigram())
         tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=specials, unk_token="<unk>")
+        trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=specials, unk_token=roles["unk_token"])
     else:
-        tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tokenizer = Tokenizer(models.WordLevel(unk_token=roles["unk_token"]))
         tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = trainers.WordLevelTrainer(special_tokens=specials)
     tokenizer.train_from_iterator(list(texts), trainer)
