@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from training_ext.common.file_io import atomic_open
+from training_ext.common.text_files import read_json
 from training_ext.demo import colour_grids
 from training_ext.demo.pipeline import RECIPES, VARIANTS, DemoPlan, Runner, _train_flags
 from training_ext.demo.report import DIRECTIONS, SHORT_DIRECTIONS, banner
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     checkpoints = demo_checkpoints(DemoPlan(out=args.demo_out), args.demo_out, args.seed)
     runner = Runner(plan)
     banner("1/3 data: the demo's splits with test_detail_long.csv and train_long.csv")
-    data = make_data(runner, args.seed, json.loads(checkpoints["meta"].read_text()), args.n_train_long)
+    data = make_data(runner, args.seed, read_json(str(checkpoints["meta"])), args.n_train_long)
     banner(f"2/3 stage 2 at {colour_grids.LONG_CONTEXT} tokens from the demo's stage-1 student, on train_long.csv")
     run_dir = plan.logs(args.seed) / FINETUNED_RUN
     finetuned = runner.step(args.seed, "stage 2 at 512", finetune_argv(plan, args.seed, checkpoints), run_dir,
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
         folder = plan.seed_dir(args.seed) / f"eval-reading{index}"
         path = runner.step(args.seed, f"eval {label}", eval_argv(plan, data, models, reading, folder), folder,
                            folder / "results.json", stdout_file="eval.txt")
-        results[label] = json.loads(path.read_text())
+        results[label] = read_json(str(path))
         rows.append((f"TULIP RoPE 248, {label}", label, stage2))
     rows.append((FINETUNED_LABEL, READINGS[1][0], f"{LONG_MODEL}:{finetuned}"))
     numbers = table_rows(results, rows)
