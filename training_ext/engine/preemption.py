@@ -12,7 +12,9 @@ if any, is left as a temporary file beside the previous one, which stays intact)
 signals (``ignore_stop_signals``, their ``worker_init_fn``): only the main process decides, and no worker dies
 under it mid-epoch.
 """
+import atexit
 import logging
+import multiprocessing
 import os
 import shlex
 import sys
@@ -31,6 +33,19 @@ REPEAT_WINDOW_S = 2.0  # torchrun / srun forward a signal within milliseconds; a
 def exit_code(signum: int) -> int:
     """The shell's status for a process ended by ``signum``: 143 for SIGTERM, 130 for SIGINT."""
     return 128 + int(signum)
+
+
+def _kill_left_workers() -> None:
+    """At exit, SIGKILL the daemonic children still alive (DataLoader workers whose iterator was never shut down,
+    e.g. one an exception's traceback still holds). multiprocessing's own exit handler ends daemonic children with
+    SIGTERM, which these workers ignore (``ignore_stop_signals``), and then joins them: without this it would wait
+    forever. Registered after multiprocessing's handler, so it runs before it (atexit runs last-in first-out)."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(_kill_left_workers)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
